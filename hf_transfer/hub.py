@@ -80,6 +80,7 @@ def model_card(
     if hub_datasets:
         meta["datasets"] = hub_datasets
     adapter = f" ({peft_type} adapter)" if peft_type else ""
+    method_names = " + ".join(methods)
     title = hub_model_id or f"{base_model.split('/')[-1]} transferred with hf-transfer"
     rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in sorted(metrics.items()))
     data_rows = "\n".join(f"| {k} | {v if v else '—'} |" for k, v in datasets.items())
@@ -96,7 +97,7 @@ def model_card(
 # {title}
 
 A text classifier transferred from [`{base_model}`](https://huggingface.co/{base_model}) with
-[hf-transfer](https://pypi.org/project/hf-transfer-learning/) {__version__}, method: **{" + ".join(methods)}**{adapter}.
+[hf-transfer](https://pypi.org/project/hf-transfer-learning/) {__version__}, method: **{method_names}**{adapter}.
 It is an ordinary {"PEFT adapter on a " if peft_type else ""}transformers model: hf-transfer is not needed to use it.
 
 ```python

@@ -16,7 +16,7 @@ import argparse
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,19 @@ DEFAULT_OUTPUT_DIR = "outputs/hf-transfer"
 RESOURCES = Path(__file__).parent / "resources"
 DEFAULT_SOURCE = str(RESOURCES / "amazon_books_demo.jsonl")
 DEFAULT_TARGET = str(RESOURCES / "amazon_kitchen_demo.jsonl")
+# With no recipe at all (`hf-transfer train`, `make demo`, `hf_transfer.train()`), a short real job: about two minutes
+# on two CPU cores. Any of these can still be overridden.
+EMBEDDED_DEFAULTS: dict[str, Any] = {
+    "max_length": 128,
+    "per_device_train_batch_size": 16,
+    "per_device_eval_batch_size": 64,
+    "learning_rate": 1e-4,
+    "warmup_steps": 10,
+    "max_steps": 100,
+    "train_sampling_strategy": "group_by_length",
+    "logging_steps": 20,
+    "save_strategy": "no",
+}
 
 
 @dataclass
@@ -217,7 +230,7 @@ def _plain(value: Any) -> Any:
 _FLAT_CLASSES = (ModelArguments, DataArguments, MethodArguments, TrainingArguments)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _parser(*classes: type) -> HfArgumentParser:
     return HfArgumentParser(classes)
 
@@ -331,15 +344,20 @@ def load_recipe(
     Raises:
         RecipeError: unknown key, wrong type, bad value, malformed YAML or missing recipe file.
     """
-    raw: dict[str, Any] = {}
-    if isinstance(recipe, dict):
-        raw = dict(recipe)
-    elif recipe is not None:
-        raw = _load_yaml(recipe)
     if isinstance(overrides, list):
         overrides = parse_cli_overrides(overrides)
+    overrides = dict(overrides or {})
+    raw: dict[str, Any] = {}
+    if recipe is None:
+        raw = dict(EMBEDDED_DEFAULTS)
+        if "source_data" not in overrides:
+            raw["class_names"] = ["negative", "positive"]  # the shipped reviews: 0 negative, 1 positive
+    elif isinstance(recipe, dict):
+        raw = dict(recipe)
+    else:
+        raw = _load_yaml(recipe)
     raw = _merge_dotted(raw)
-    for key, value in _merge_dotted(dict(overrides or {})).items():
+    for key, value in _merge_dotted(overrides).items():
         if isinstance(value, dict) and isinstance(raw.get(key), dict):
             raw[key] = {**raw[key], **value}
         else:
@@ -364,6 +382,13 @@ def load_recipe(
     for name in flat.get("method") or ["finetune"]:
         get_method_spec(name)  # unknown method -> RecipeError with the nearest name
     flat.setdefault("output_dir", DEFAULT_OUTPUT_DIR)
+    training_names = set(_field_names(TrainingArguments))
+    training_fields = {k: v for k, v in flat.items() if k in training_names}
+    if _launched_without_gpu() and "use_cpu" not in flat:
+        # Accelerate picks its multi-process CPU (gloo) mode only when told to use the CPU; a multi-GPU launch config
+        # on a CPU-only machine would otherwise start processes that each train alone. TrainingArguments creates the
+        # distributed state, so this must be decided here. Not recorded: the recipe stays portable.
+        flat["use_cpu"] = True
     try:
         model_args, data_args, method_args, training_args = parser.parse_dict(flat)
     except RecipeError:
@@ -379,16 +404,23 @@ def load_recipe(
         method_configs[name] = _parse_block(name, get_method_spec(name).config_class, block)
     for name in method_names:
         if name in raw and name not in method_args.method:
-            raise RecipeError(f"{name}: a block for a method that is not in `method` {method_args.method}; add it there")
+            raise RecipeError(
+                f"{name}: a block for a method that is not in `method` {method_args.method}; add it there"
+            )
 
     peft_block = raw.get("peft")
     if peft_block is not None:
         from .backbones import validate_peft_block
 
         peft_block = validate_peft_block(peft_block)
-    training_names = set(_field_names(TrainingArguments))
-    training_fields = {k: v for k, v in flat.items() if k in training_names}
     return Recipe(model_args, data_args, method_args, training_args, method_configs, peft_block, training_fields)
+
+
+def _launched_without_gpu() -> bool:
+    import torch
+
+    launched = int(os.environ.get("LOCAL_RANK", -1)) != -1 and int(os.environ.get("WORLD_SIZE", 1)) > 1
+    return launched and not torch.cuda.is_available()
 
 
 def _parse_block(name: str, config_class: type, block: dict[str, Any]):

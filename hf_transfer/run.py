@@ -211,7 +211,9 @@ def load_trained(model_dir: str | os.PathLike):
 
         model = AutoModelForSequenceClassification.from_pretrained(str(path))
     else:
-        raise UserError(f"model: {str(path)!r} has neither config.json nor adapter_config.json; is it a trained model?")
+        raise UserError(
+            f"model: {str(path)!r} has neither config.json nor adapter_config.json; is it a trained model?"
+        )
     tokenizer = load_tokenizer(str(path))
     return model.eval(), tokenizer
 

@@ -81,3 +81,19 @@ def test_peft_trains_head_and_adapters_only(tiny_model_dir):
     assert any("classifier" in n for n in names)
     name, _ = find_feature_module(model, 2)
     assert "modules_to_save" in name
+
+
+def test_peft_target_that_matches_nothing_lists_the_linear_layers(tiny_model_dir):
+    from hf_transfer.errors import RecipeError
+
+    model = load_classifier(tiny_model_dir, num_labels=2)
+    with pytest.raises(RecipeError, match=r"peft: .*Linear layers of this model: .*query"):
+        wrap_with_peft(model, {"peft_type": "LORA", "task_type": "SEQ_CLS", "target_modules": ["qkv"]})
+
+
+def test_peft_module_names_from_the_command_line_are_lists():
+    from hf_transfer.backbones import validate_peft_block
+
+    block = validate_peft_block({"peft_type": "lora", "target_modules": "query,value", "r": "4"})
+    assert block["target_modules"] == ["query", "value"] and block["r"] == 4 and block["peft_type"] == "LORA"
+    assert validate_peft_block({"target_modules": ".*attention.*"})["target_modules"] == ".*attention.*"  # a regex

@@ -20,7 +20,7 @@ def cli(*args, cwd=REPO, timeout=600):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["train", "--learning_rat", "1e-4"], "error: learning_rat: unknown recipe field; did you mean 'learning_rate'?"),
+        (["train", "--learning_rat", "1"], "error: learning_rat: unknown recipe field; did you mean 'learning_rate'"),
         (["train", "--max_steps", "many"], "error: max_steps: expected int, got 'many'"),
         (["train", "missing.yaml"], "error: recipe 'missing.yaml': file not found"),
         (["train", "--source_data", "nope/none.jsonl"], "error: source_data: file 'nope/none.jsonl' does not exist"),

@@ -34,7 +34,7 @@ def test_missing_empty_and_unsupported_files(tmp_path):
 
 def test_missing_column_lists_the_columns(tmp_path):
     src = write_jsonl(tmp_path / "s.jsonl", [{"review": "good", "label": 1}, {"review": "bad", "label": 0}])
-    with pytest.raises(DataError, match=r"text_column: column 'text' is not in source_data .* columns are review, label"):
+    with pytest.raises(DataError, match=r"text_column: column 'text' is not in source_data .* are review, label"):
         load_raw_data(data_args(source_data=str(src), target_data=None))
 
 

@@ -2,6 +2,12 @@
 
 from . import finetune  # noqa: F401  (registers "finetune")
 from .base import MethodConfig, MethodOutput, StepBatch, TransferMethod
+from .cdan import CDAN, CDANConfig  # noqa: F401  (registers "cdan")
+from .coral import CORAL, CORALConfig  # noqa: F401  (registers "coral")
+from .dann import DANN, DANNConfig  # noqa: F401  (registers "dann")
+from .entropy import Entropy, EntropyConfig  # noqa: F401  (registers "entropy")
+from .mcc import MCC, MCCConfig  # noqa: F401  (registers "mcc")
+from .mmd import MMD, MMDConfig  # noqa: F401  (registers "mmd")
 from .registry import MethodSpec, available_methods, get_method_spec, register_method
 
 __all__ = [

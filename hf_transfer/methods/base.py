@@ -58,10 +58,14 @@ class StepBatch:
 
 @dataclass
 class MethodOutput:
-    """An auxiliary loss (before ``trade_off``) and the scalars to log under the method's name."""
+    """An auxiliary loss (before ``trade_off``) and the scalars to log under the method's name.
+
+    Log values may be floats or detached 0-dim tensors; prefer tensors: the trainer sums them on the device and
+    reads them (averaged over steps and processes) only at logging steps, so no step waits on a host sync.
+    """
 
     loss: torch.Tensor
-    logs: dict[str, float] = field(default_factory=dict)
+    logs: dict[str, float | torch.Tensor] = field(default_factory=dict)
 
 
 class TransferMethod(nn.Module):
