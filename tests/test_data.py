@@ -121,3 +121,28 @@ def test_accuracy_metrics_against_hand_count():
     assert m["accuracy"] == pytest.approx(0.75)
     # class 0: tp=2, pred=2, true=3 -> f1 0.8; class 1: tp=1, pred=2, true=1 -> f1 2/3
     assert m["macro_f1"] == pytest.approx((0.8 + 2 / 3) / 2)
+
+
+def test_csv_tsv_parquet_and_folder_load_alike(tmp_path):
+    import pandas as pd
+
+    from hf_transfer.data import load_table
+
+    frame = pd.DataFrame({"text": ["good", "bad", "fine"], "label": [1, 0, 1]})
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    frame.to_csv(tmp_path / "d.tsv", index=False, sep="\t")
+    frame.to_parquet(tmp_path / "d.parquet")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    frame.to_json(folder / "train.jsonl", orient="records", lines=True)
+    for spec in ("d.csv", "d.tsv", "d.parquet", "folder"):
+        table = load_table(str(tmp_path / spec), field="source_data")
+        assert table["text"] == ["good", "bad", "fine"] and table["label"] == [1, 0, 1], spec
+
+
+def test_hub_id_offline_is_a_clear_error(monkeypatch):
+    from hf_transfer.data import load_table
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(DataError, match=r"source_data: cannot read 'someone/some-dataset'"):
+        load_table("someone/some-dataset", field="source_data")
