@@ -68,7 +68,7 @@ def run_plain(args, workdir: Path) -> float:
     recipe = load_recipe({"source_data": args.source, "target_data": None, "max_length": args.max_length})
     tokenizer = load_tokenizer(DEFAULT_MODEL)
     raw = load_raw_data(recipe.data)
-    data = prepare_data(raw, tokenizer, recipe.data, pair_target=False, seed=42)
+    data = prepare_data(raw, tokenizer, recipe.data, seed=42)
     train = data.train.remove_columns(["length"])
     set_seed(42)
     model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(DEFAULT_MODEL), num_labels=2)

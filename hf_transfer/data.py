@@ -340,8 +340,9 @@ class PreparedData:
     labels: LabelSpace
 
 
-def prepare_data(raw: RawData, tokenizer, data_args, *, pair_target: bool, seed: int = 42) -> PreparedData:
-    """Tokenise, hold out a source slice for ``source_accuracy`` and pair source with target rows if asked."""
+def prepare_data(raw: RawData, tokenizer, data_args, *, seed: int = 42) -> PreparedData:
+    """Tokenise and hold out a source slice for ``source_accuracy``. Pairing with target rows
+    (:func:`pair_with_target`) comes later, after any method has changed the source rows (e.g. weighted them)."""
     d = data_args
     tok = dict(tokenizer=tokenizer, text_column=d.text_column, text_pair_column=d.text_pair_column,
                max_length=d.max_length)
@@ -352,9 +353,4 @@ def prepare_data(raw: RawData, tokenizer, data_args, *, pair_target: bool, seed:
         source, source_eval = split["train"], split["test"]
     target = tokenize(raw.target, **tok, keep=(), desc="Tokenizing target") if raw.target is not None else None
     target_eval = tokenize(raw.eval, **tok, desc="Tokenizing eval") if raw.eval is not None else None
-    train = source
-    if pair_target:
-        if target is None:
-            raise DataError("target_data: the chosen method learns from unlabelled target data; set target_data")
-        train = pair_with_target(source, target, seed=seed)
-    return PreparedData(train, source_eval, target_eval, target, raw.labels)
+    return PreparedData(source, source_eval, target_eval, target, raw.labels)

@@ -168,12 +168,36 @@ class DataArguments:
 
 @dataclass
 class MethodArguments:
-    """Which transfer objective(s) to train with."""
+    """Which transfer objective(s) to train with, and how checkpoints are scored without target labels."""
 
     method: list[str] = field(
         default_factory=lambda: ["finetune"],
         metadata={"help": "Method name, or a list of names whose losses add up (e.g. [dann, entropy])."},
     )
+    selection_validators: list[str] = field(
+        default_factory=lambda: ["iwv", "dev", "snd", "entropy"],
+        metadata={
+            "help": "Label-free validators scored at each periodic evaluation when target_data is set (logged as "
+            "eval_<name>; all higher-is-better): iwv, dev, snd, entropy. [] or none turns the scoring off."
+        },
+    )
+    selection_max_target_samples: int = field(
+        default=2000,
+        metadata={"help": "Score the label-free validators on at most this many target rows (cost grows with it)."},
+    )
+
+    def __post_init__(self):
+        from .selection import VALIDATORS
+
+        if [v.lower() for v in self.selection_validators] == ["none"]:
+            self.selection_validators = []  # `--selection_validators none` on the command line
+        for name in self.selection_validators:
+            if name not in VALIDATORS:
+                raise unknown_choice("selection_validators", name, VALIDATORS)
+        if self.selection_max_target_samples < 3:
+            raise RecipeError(
+                f"selection_max_target_samples: must be >= 3, got {self.selection_max_target_samples}"
+            )
 
 
 @dataclass
@@ -249,6 +273,14 @@ def _coerce(parser: HfArgumentParser, key: str, value: Any, where: str) -> Any:
     if isinstance(value, dict):
         return value  # dict-valued fields (lr_scheduler_kwargs, fsdp_config ...) pass through
     convert = action.type or str
+    if convert is dict and isinstance(value, str):  # a mapping given on the command line, as YAML/JSON text
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            raise RecipeError(f"{where}{key}: expected a mapping such as {{name: value}}, got {value!r}")
+        return parsed
     is_list = action.nargs in ("+", "*")
     values = value if isinstance(value, list) else [value]
     if is_list and len(values) == 1 and isinstance(values[0], str) and "," in values[0]:

@@ -24,11 +24,12 @@ from .backbones import (
     set_trainable_top_layers,
     wrap_with_peft,
 )
-from .data import TransferCollator, accuracy_metrics, load_raw_data, prepare_data
-from .errors import UserError
+from .data import TransferCollator, accuracy_metrics, load_raw_data, pair_with_target, prepare_data
+from .errors import DataError, UserError
 from .hub import atomic_write_json, atomic_write_text, model_card, publish_folder, push_folder, staging_dir
 from .methods import get_method_spec
 from .recipe import Recipe, load_recipe
+from .selection import build_selection, selection_summary
 from .trainer import GradualUnfreezing, TransferTrainer
 
 
@@ -87,6 +88,8 @@ def train(recipe: str | os.PathLike | dict | Recipe | None = None, **overrides: 
     push_requested, args.push_to_hub = args.push_to_hub, False
     # Our datasets hold exactly the columns the collator needs (target_* included); don't let the Trainer drop them.
     args.remove_unused_columns = False
+    if not torch.cuda.is_available():
+        args.dataloader_pin_memory = False  # pinning needs an accelerator; on the CPU it only warns
     if recipe.model.gradual_unfreezing_steps:
         args.ddp_find_unused_parameters = True  # layers join training mid-run
     set_seed(args.seed)
@@ -96,8 +99,10 @@ def train(recipe: str | os.PathLike | dict | Recipe | None = None, **overrides: 
         recipe.model.model_name_or_path, revision=recipe.model.revision,
         trust_remote_code=recipe.model.trust_remote_code,
     )
+    if recipe.needs_target and raw.target is None:
+        raise DataError("target_data: the chosen method learns from unlabelled target data; set target_data")
     with args.main_process_first(desc="tokenizing"):
-        data = prepare_data(raw, tokenizer, recipe.data, pair_target=recipe.needs_target, seed=args.seed)
+        data = prepare_data(raw, tokenizer, recipe.data, seed=args.seed)
 
     model = load_classifier(
         recipe.model.model_name_or_path,
@@ -113,6 +118,17 @@ def train(recipe: str | os.PathLike | dict | Recipe | None = None, **overrides: 
     if recipe.peft:
         model = wrap_with_peft(model, recipe.peft)
     methods, feature_module = build_methods(recipe, model, data.labels.num_labels)
+    collator = TransferCollator(tokenizer)
+    metrics: dict[str, Any] = {}
+    context = {"data": data, "model": model, "tokenizer": tokenizer, "collator": collator, "args": args,
+               "metrics": metrics}
+    for name in recipe.methods.method:
+        prepare = get_method_spec(name).prepare
+        if prepare is not None:
+            context = prepare(recipe.method_configs[name], context)
+    if recipe.needs_target:
+        data.train = pair_with_target(data.train, data.target, seed=args.seed)
+    selection = build_selection(recipe, model, data, feature_module=feature_module)
 
     callbacks = []
     if recipe.model.gradual_unfreezing_steps:
@@ -124,12 +140,13 @@ def train(recipe: str | os.PathLike | dict | Recipe | None = None, **overrides: 
         train_dataset=data.train,
         eval_dataset=eval_sets or None,
         processing_class=tokenizer,
-        data_collator=TransferCollator(tokenizer),
+        data_collator=collator,
         compute_metrics=accuracy_metrics,
         callbacks=callbacks,
         methods=methods,
         feature_module=feature_module,
         layerwise_lr_decay=recipe.model.layerwise_lr_decay,
+        extra_eval_metrics=selection,
     )
     trainable, total = count_parameters(model)
     if trainer.is_world_process_zero():
@@ -138,17 +155,19 @@ def train(recipe: str | os.PathLike | dict | Recipe | None = None, **overrides: 
 
     start = time.time()
     train_output = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    metrics: dict[str, Any] = {
+    metrics.update({
         "train_runtime": train_output.metrics.get("train_runtime", time.time() - start),
         "train_loss": train_output.training_loss,
         "train_steps": trainer.state.global_step,
         "trainable_parameters": trainable,
-    }
+    })
     for name, dataset in eval_sets.items():
         result = trainer.evaluate(eval_dataset=dataset, metric_key_prefix=name)
         metrics[f"{name}_accuracy"] = result[f"{name}_accuracy"]
         metrics[f"{name}_macro_f1"] = result[f"{name}_macro_f1"]
         metrics[f"{name}_loss"] = result[f"{name}_loss"]
+    if selection is not None:  # which evaluation each label-free validator picks (and its target accuracy)
+        metrics.update(selection_summary(trainer.state.log_history, selection.validators))
     output_dir = Path(args.output_dir)
     export(trainer, recipe, metrics, output_dir, recipe_yaml=recipe_yaml, push=push_requested)
     return TrainResult(metrics, trainer.model, tokenizer, trainer, recipe, output_dir)

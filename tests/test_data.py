@@ -105,9 +105,9 @@ def test_prepare_holds_out_source_and_pairs(tiny_model_dir, review_files):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     args = data_args(source_data=review_files["source"], target_data=review_files["target"], max_length=32)
     raw = load_raw_data(args)
-    data = prepare_data(raw, tok, args, pair_target=True)
-    assert len(data.source_eval) == round(96 * 0.1) or len(data.source_eval) == 10
-    assert len(data.train) == max(96 - len(data.source_eval), 64)
+    data = prepare_data(raw, tok, args)
+    assert len(data.source_eval) == 10 and len(data.train) == 86
+    assert sorted(data.train["labels"] + data.source_eval["labels"]) == sorted(raw.source["labels"])
     assert max(data.train["length"]) <= 32
     assert len(data.target_eval) == 64
 

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .base import MethodConfig, TransferMethod
+
+#: ``prepare(config, context) -> context``: runs once before training, after the model is loaded. ``context`` holds
+#: ``data`` (PreparedData, source rows not yet paired with target rows), ``model``, ``tokenizer``, ``collator``,
+#: ``args`` (TrainingArguments) and ``metrics`` (a dict that ends up in metrics.json).
+PrepareHook = Callable[[MethodConfig, dict[str, Any]], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -13,13 +20,18 @@ class MethodSpec:
     config_class: type[MethodConfig]
     method_class: type[TransferMethod] | None  # None: the method adds no loss (plain supervised training)
     needs_target: bool
+    prepare: PrepareHook | None = None
 
 
 _METHODS: dict[str, MethodSpec] = {}
 
 
 def register_method(
-    name: str, config_class: type[MethodConfig], method_class: type[TransferMethod] | None = None
+    name: str,
+    config_class: type[MethodConfig],
+    method_class: type[TransferMethod] | None = None,
+    *,
+    prepare: PrepareHook | None = None,
 ) -> None:
     """Make a method available to recipes as ``method: <name>``.
 
@@ -27,6 +39,8 @@ def register_method(
         name: the recipe name, lower case (``"dann"``).
         config_class: dataclass of the method's fields; a recipe block ``<name>: {...}`` fills it.
         method_class: the loss module, or ``None`` for a method that only trains on the supervised task loss.
+        prepare: an optional hook run once before training to change the training data (e.g. add instance
+            weights); see :data:`PrepareHook`.
     """
     if name in _METHODS:
         raise ValueError(f"a method named {name!r} is already registered")
@@ -34,7 +48,7 @@ def register_method(
         method_class.name = name
         method_class.config_class = config_class
     needs_target = bool(method_class is not None and method_class.needs_target)
-    _METHODS[name] = MethodSpec(name, config_class, method_class, needs_target)
+    _METHODS[name] = MethodSpec(name, config_class, method_class, needs_target, prepare)
 
 
 def get_method_spec(name: str) -> MethodSpec:
