@@ -6,6 +6,7 @@ from .cdan import CDAN, CDANConfig  # noqa: F401  (registers "cdan")
 from .coral import CORAL, CORALConfig  # noqa: F401  (registers "coral")
 from .dann import DANN, DANNConfig  # noqa: F401  (registers "dann")
 from .entropy import Entropy, EntropyConfig  # noqa: F401  (registers "entropy")
+from .instance_weighting import InstanceWeightingConfig  # noqa: F401  (registers "instance_weighting")
 from .mcc import MCC, MCCConfig  # noqa: F401  (registers "mcc")
 from .mmd import MMD, MMDConfig  # noqa: F401  (registers "mmd")
 from .registry import MethodSpec, available_methods, get_method_spec, register_method
