@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import RecipeError
-from .base import StepBatch
+from .base import MethodOutput, StepBatch
 
 LAMBDA_SCHEDULES = ("grl", "fixed")
 
@@ -186,3 +186,20 @@ def domain_bce(
         w = weight * mask
         loss = loss + 0.5 * (w * per_row).sum() / w.sum().clamp_min(1e-12)
     return loss, per_row
+
+
+def adversarial_domain_output(
+    discriminator: nn.Module,
+    inputs: torch.Tensor,
+    batch: StepBatch,
+    coeff: float,
+    row_weight: torch.Tensor | None = None,
+) -> MethodOutput:
+    """The adversarial step DANN and CDAN share: reverse the gradient of ``inputs`` by ``coeff``, classify the
+    domain with ``discriminator``, return the balanced domain loss and the logs (lambda, domain loss, accuracy)."""
+    dtype = next(discriminator.parameters()).dtype
+    logits = discriminator(grad_reverse(inputs.to(dtype), coeff)).float()
+    loss, _ = domain_bce(logits, batch.domain, row_weight)
+    with torch.no_grad():
+        accuracy = ((logits > 0).long() == batch.domain.long()).float().mean()
+    return MethodOutput(loss, {"lambda": coeff, "domain_loss": loss.detach(), "domain_accuracy": accuracy})

@@ -21,15 +21,14 @@ import torch
 
 from ._layers import (
     DomainDiscriminator,
+    adversarial_domain_output,
     check_choice,
     check_discriminator_fields,
     check_lambda_fields,
     check_positive,
     check_trade_off,
     dann_lambda,
-    domain_bce,
     full_precision,
-    grad_reverse,
     zero_loss,
 )
 from .base import MethodConfig, MethodOutput, StepBatch, TransferMethod
@@ -147,17 +146,11 @@ class CDAN(TransferMethod):
         with full_precision(batch.features):
             probs = batch.logits.detach().float().softmax(-1)
             h = self.map(batch.features.float(), probs).to(dtype)
-        logits = self.discriminator(grad_reverse(h, coeff)).float()
         weight = entropy_weights(probs) if self.config.entropy_conditioning else None
         row_weight = source_row_weight(batch)
         if row_weight is not None:
             weight = row_weight if weight is None else weight * row_weight
-        loss, _ = domain_bce(logits, batch.domain, weight)
-        with torch.no_grad():
-            accuracy = ((logits > 0).long() == batch.domain.long()).float().mean()
-        return MethodOutput(
-            loss, {"lambda": coeff, "domain_loss": loss.detach(), "domain_accuracy": accuracy}
-        )
+        return adversarial_domain_output(self.discriminator, h, batch, coeff, weight)
 
 
 register_method("cdan", CDANConfig, CDAN)

@@ -18,12 +18,11 @@ import torch
 
 from ._layers import (
     DomainDiscriminator,
+    adversarial_domain_output,
     check_discriminator_fields,
     check_lambda_fields,
     check_trade_off,
     dann_lambda,
-    domain_bce,
-    grad_reverse,
     zero_loss,
 )
 from .base import MethodConfig, MethodOutput, StepBatch, TransferMethod
@@ -84,14 +83,8 @@ class DANN(TransferMethod):
         coeff = self.current_lambda(batch.progress)
         if not (batch.source_mask.any() and batch.target_mask.any()):
             return MethodOutput(zero_loss(batch, self.discriminator), {"lambda": coeff})
-        dtype = next(self.discriminator.parameters()).dtype
-        features = grad_reverse(batch.features.to(dtype), coeff)
-        logits = self.discriminator(features).float()
-        loss, _ = domain_bce(logits, batch.domain, source_row_weight(batch))
-        with torch.no_grad():
-            accuracy = ((logits > 0).long() == batch.domain.long()).float().mean()
-        return MethodOutput(
-            loss, {"lambda": coeff, "domain_loss": loss.detach(), "domain_accuracy": accuracy}
+        return adversarial_domain_output(
+            self.discriminator, batch.features, batch, coeff, source_row_weight(batch)
         )
 
 

@@ -59,7 +59,9 @@ class InstanceWeightingConfig(MethodConfig):
         if isinstance(self.estimator_args, str):
             parsed = yaml.safe_load(self.estimator_args) if self.estimator_args.strip() else {}
             if not isinstance(parsed, dict):
-                raise RecipeError(f"instance_weighting.estimator_args: expected a mapping, got {self.estimator_args!r}")
+                raise RecipeError(
+                    f"instance_weighting.estimator_args: expected a mapping, got {self.estimator_args!r}"
+                )
             self.estimator_args = parsed
         from ..instance import available_weightings
 
