@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from transformers import (  # noqa: E402
     AutoModelForSequenceClassification,
     DataCollatorWithPadding,
     Trainer,
+    TrainerCallback,
     TrainingArguments,
     set_seed,
 )
@@ -44,7 +44,29 @@ from hf_transfer.data import load_raw_data, prepare_data  # noqa: E402
 from hf_transfer.recipe import DEFAULT_MODEL, load_recipe  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from _machine import cpu_model  # noqa: E402
+
 AMAZON = REPO.parent / "shared" / "data" / "amazon"
+
+
+class StepTimer(TrainerCallback):
+    """Wall and CPU (process) seconds of every optimizer step. CPU time barely moves when other jobs share the
+    machine; the median over steps shrugs off the odd slow step."""
+
+    def __init__(self):
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.wall.append(time.perf_counter() - self._wall)
+        self.cpu.append(time.process_time() - self._cpu)
+
+    def medians(self, skip: int = 3) -> tuple[float, float]:
+        return statistics.median(self.wall[skip:]), statistics.median(self.cpu[skip:])
 
 
 def common_fields(args, output_dir: str) -> dict:
@@ -63,7 +85,7 @@ def common_fields(args, output_dir: str) -> dict:
     }
 
 
-def run_plain(args, workdir: Path) -> float:
+def run_plain(args, workdir: Path) -> tuple[float, float]:
     """A plain Trainer on exactly the rows hf-transfer trains on (same tokenisation and hold-out split)."""
     recipe = load_recipe({"source_data": args.source, "target_data": None, "max_length": args.max_length})
     tokenizer = load_tokenizer(DEFAULT_MODEL)
@@ -73,19 +95,22 @@ def run_plain(args, workdir: Path) -> float:
     set_seed(42)
     model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(DEFAULT_MODEL), num_labels=2)
     training_args = TrainingArguments(**common_fields(args, str(workdir / "plain")))
+    timer = StepTimer()
     trainer = Trainer(
-        model=model, args=training_args, train_dataset=train, data_collator=DataCollatorWithPadding(tokenizer)
+        model=model, args=training_args, train_dataset=train, data_collator=DataCollatorWithPadding(tokenizer),
+        callbacks=[timer],
     )
-    out = trainer.train()
-    return out.metrics["train_runtime"] / args.steps
+    trainer.train()
+    return timer.medians()
 
 
-def run_hf_transfer(args, workdir: Path) -> float:
+def run_hf_transfer(args, workdir: Path) -> tuple[float, float]:
     fields = common_fields(args, str(workdir / "hf_transfer"))
-    result = hf_transfer.train(
-        {**fields, "source_data": args.source, "target_data": None, "max_length": args.max_length}
+    timer = StepTimer()
+    hf_transfer.train(
+        {**fields, "source_data": args.source, "target_data": None, "max_length": args.max_length}, callbacks=[timer]
     )
-    return result.metrics["train_runtime"] / args.steps
+    return timer.medians()
 
 
 def padding_shares(max_length: int, batch_size: int, seed: int = 0) -> dict[str, float]:
@@ -120,15 +145,7 @@ def padding_shares(max_length: int, batch_size: int, seed: int = 0) -> dict[str,
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores, {cpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return f"{os.cpu_count()} cores, {cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def main() -> None:
@@ -139,20 +156,27 @@ def main() -> None:
     parser.add_argument("--max_length", type=int, default=128)
     parser.add_argument("--source", default=str(REPO / "hf_transfer/resources/amazon_books_demo.jsonl"))
     parser.add_argument("--workdir", default="/tmp/hf_transfer_overhead")
+    parser.add_argument("--padding_max_lengths", type=int, nargs="+", default=[128, 256, 512])
     parser.add_argument("--output", default=None, help="also write the markdown table here")
     args = parser.parse_args()
     workdir = Path(args.workdir)
 
-    plain, ours = [], []
+    results: dict[str, list[tuple[float, float]]] = {"plain": [], "hf": []}
     for repeat in range(args.repeats):
         # Alternate the order so drift in machine load falls on both sides.
         runs = [("plain", run_plain), ("hf", run_hf_transfer)]
         for name, fn in runs if repeat % 2 == 0 else runs[::-1]:
-            seconds = fn(args, workdir)
-            (plain if name == "plain" else ours).append(seconds)
-            print(f"repeat {repeat}: {name} {seconds:.4f} s/step", file=sys.stderr, flush=True)
-    plain_median, ours_median = statistics.median(plain), statistics.median(ours)
-    pad = padding_shares(args.max_length, args.batch_size) if AMAZON.is_dir() else None
+            wall, cpu = fn(args, workdir)
+            results[name].append((wall, cpu))
+            print(f"repeat {repeat}: {name} wall {wall:.4f} cpu {cpu:.4f} s/step", file=sys.stderr, flush=True)
+
+    def med(name: str, i: int) -> float:
+        return statistics.median(r[i] for r in results[name])
+
+    def each(name: str, i: int) -> str:
+        return ", ".join(f"{r[i]:.3f}" for r in results[name])
+
+    pads = [padding_shares(n, args.batch_size) for n in args.padding_max_lengths] if AMAZON.is_dir() else []
 
     command = "python benchmarks/overhead.py " + " ".join(sys.argv[1:])
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
@@ -160,27 +184,35 @@ def main() -> None:
         f"Command: `{command.strip()}` — {time.strftime('%Y-%m-%d')}, commit {commit.stdout.strip() or '?'}",
         f"Machine: {machine()}",
         "",
-        f"| trainer | s/step (median of {args.repeats}) | all repeats | ratio |",
-        "|---|---|---|---|",
-        f"| transformers.Trainer (baseline) | {plain_median:.4f} | {', '.join(f'{v:.4f}' for v in plain)} | 1.000 |",
-        f"| hf-transfer train | {ours_median:.4f} | {', '.join(f'{v:.4f}' for v in ours)} | "
-        f"{ours_median / plain_median:.3f} |",
+        "| trainer | wall s/step | CPU s/step | wall ratio | CPU ratio | wall, each repeat | CPU, each repeat |",
+        "|---|---|---|---|---|---|---|",
+        f"| transformers.Trainer (baseline) | {med('plain', 0):.4f} | {med('plain', 1):.4f} | 1.000 | 1.000 "
+        f"| {each('plain', 0)} | {each('plain', 1)} |",
+        f"| hf-transfer train | {med('hf', 0):.4f} | {med('hf', 1):.4f} | {med('hf', 0) / med('plain', 0):.3f} "
+        f"| {med('hf', 1) / med('plain', 1):.3f} | {each('hf', 0)} | {each('hf', 1)} |",
         "",
-        f"{args.steps} steps per run, batch {args.batch_size}, max_length {args.max_length}, "
-        f"all-MiniLM-L6-v2, the same rows and sampler seed on both sides.",
+        f"Each repeat is the median over steps 4..{args.steps} of one run; the table gives the median over "
+        f"{args.repeats} repeats. Batch {args.batch_size}, max_length {args.max_length}, all-MiniLM-L6-v2, the same "
+        "rows and sampler seed on both sides. CPU time is the process's (all threads): the steadier figure when "
+        "other jobs share the machine.",
     ]
-    if pad:
+    if pads:
         lines += [
             "",
-            f"Padding on the real Amazon review lengths ({pad['rows']:,} reviews, mean {pad['mean_tokens']:.0f} "
-            f"tokens, max_length {args.max_length}, batch {args.batch_size}): share of batch tokens that are padding",
+            f"Padding on the real Amazon review lengths ({pads[0]['rows']:,} reviews of the 4 domains, MiniLM "
+            f"tokenizer, batch {args.batch_size}): the share of batch tokens that are padding, one epoch.",
             "",
-            "| padding | pad share |",
-            "|---|---|",
-            f"| to max_length (baseline) | {pad['pad_to_max_length']:.3f} |",
-            f"| dynamic, random batches | {pad['dynamic']:.3f} |",
-            f"| dynamic + group_by_length | {pad['dynamic_group_by_length']:.3f} |",
+            "| max_length | mean tokens | pad to max_length (baseline) | dynamic, random batches | "
+            "dynamic + group_by_length | padded tokens saved vs baseline |",
+            "|---|---|---|---|---|---|",
         ]
+        for n, pad in zip(args.padding_max_lengths, pads):
+            # tokens computed = real / (1 - pad share); saved = 1 - computed_grouped / computed_baseline
+            saved = 1 - (1 - pad["pad_to_max_length"]) / (1 - pad["dynamic_group_by_length"])
+            lines.append(
+                f"| {n} | {pad['mean_tokens']:.0f} | {pad['pad_to_max_length']:.3f} | {pad['dynamic']:.3f} | "
+                f"{pad['dynamic_group_by_length']:.3f} | {saved:.1%} of the tokens computed |"
+            )
     table = "\n".join(lines)
     print(table)
     if args.output:

@@ -63,12 +63,18 @@ def build_methods(recipe: Recipe, model: torch.nn.Module, num_labels: int):
     return methods, module
 
 
-def train(recipe: str | os.PathLike | dict | Recipe | None = None, **overrides: Any) -> TrainResult:
+def train(
+    recipe: str | os.PathLike | dict | Recipe | None = None,
+    *,
+    callbacks: list | None = None,
+    **overrides: Any,
+) -> TrainResult:
     """Run a recipe end to end: validate data, load the model, train, evaluate, export (and push if asked).
 
     Args:
         recipe: a YAML path, a mapping of recipe fields, a parsed :class:`Recipe`, or ``None`` for the embedded
             defaults (the packaged MiniLM, Amazon books -> kitchen reviews).
+        callbacks: extra ``transformers.TrainerCallback`` objects (not part of the recipe).
         **overrides: recipe fields that win over the recipe (``max_steps=50``, ``method=["dann"]``,
             ``**{"peft.r": 16}``).
 
@@ -130,7 +136,7 @@ def train(recipe: str | os.PathLike | dict | Recipe | None = None, **overrides: 
         data.train = pair_with_target(data.train, data.target, seed=args.seed)
     selection = build_selection(recipe, model, data, feature_module=feature_module)
 
-    callbacks = []
+    callbacks = list(callbacks or [])
     if recipe.model.gradual_unfreezing_steps:
         callbacks.append(GradualUnfreezing(model, recipe.model.gradual_unfreezing_steps))
     eval_sets = {k: v for k, v in (("source", data.source_eval), ("target", data.target_eval)) if v is not None}

@@ -9,7 +9,9 @@ What it adds to the Trainer, and nothing else:
 * method parameters (e.g. a domain discriminator) are optimised with the model, wrapped for DDP when several
   processes run, saved in every checkpoint and restored on resume, and never exported;
 * the task loss and every method's scalars are averaged between logging steps and logged;
-* layer-wise learning-rate decay and gradual unfreezing (see :mod:`hf_transfer.backbones`).
+* layer-wise learning-rate decay and gradual unfreezing (see :mod:`hf_transfer.backbones`);
+* optional extra metrics at each periodic evaluation (``extra_eval_metrics``; the label-free validators of
+  :mod:`hf_transfer.selection` use it), logged and compared like any ``eval_*`` metric.
 
 The trainer knows no method by name (DESIGN.md principle 2).
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -94,6 +97,9 @@ class TransferTrainer(Trainer):
         feature_module: the module whose input is the feature methods align
             (see :func:`hf_transfer.backbones.find_feature_module`); needed only when ``methods`` is not empty.
         layerwise_lr_decay: per-layer learning-rate factor (1.0 = off).
+        extra_eval_metrics: ``(trainer) -> {name: value}``, called at every evaluation of the trainer's own eval
+            sets (not when ``evaluate`` is given a dataset); the values are logged and returned as ``eval_<name>``,
+            so ``metric_for_best_model: <name>`` can use them. Must return the same values on every process.
         *args, **kwargs: as for ``transformers.Trainer``.
     """
 
@@ -103,6 +109,7 @@ class TransferTrainer(Trainer):
         methods: dict[str, TransferMethod] | None = None,
         feature_module: nn.Module | None = None,
         layerwise_lr_decay: float = 1.0,
+        extra_eval_metrics: Callable[[Trainer], dict[str, float]] | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -114,6 +121,7 @@ class TransferTrainer(Trainer):
         self._tap = FeatureTap(feature_module) if methods else None
         self._log_sums: dict[str, float] = defaultdict(float)
         self._log_counts: dict[str, int] = defaultdict(int)
+        self.extra_eval_metrics = extra_eval_metrics
 
     # ---- optimisation ----------------------------------------------------------------------------------------
 
@@ -199,6 +207,19 @@ class TransferTrainer(Trainer):
             self._log_sums.clear()
             self._log_counts.clear()
         super().log(logs, start_time)
+
+    # ---- evaluation ------------------------------------------------------------------------------------------
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        if self.extra_eval_metrics is not None and eval_dataset is None:
+            extra = {f"{metric_key_prefix}_{k}": float(v) for k, v in self.extra_eval_metrics(self).items()}
+            if extra:
+                self.log(extra)
+                metrics.update(extra)
+                # A second on_evaluate, with these metrics only, lets EarlyStoppingCallback watch them.
+                self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, extra)
+        return metrics
 
     # ---- checkpoints: method state travels with the optimizer state ------------------------------------------
 
