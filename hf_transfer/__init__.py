@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 
 from .errors import DataError, RecipeError, UserError  # noqa: E402
 from .methods import MethodConfig, StepBatch, TransferMethod, available_methods, register_method  # noqa: E402
+from .multitask import MultiTaskConfig, MultiTaskModel  # noqa: E402  (registers the Auto classes)
 from .recipe import Recipe, load_recipe  # noqa: E402
 from .run import TrainResult, evaluate, train  # noqa: E402
 from .trainer import TransferTrainer  # noqa: E402
@@ -18,6 +19,8 @@ from .trainer import TransferTrainer  # noqa: E402
 __all__ = [
     "DataError",
     "MethodConfig",
+    "MultiTaskConfig",
+    "MultiTaskModel",
     "Recipe",
     "RecipeError",
     "StepBatch",

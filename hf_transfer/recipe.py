@@ -373,6 +373,9 @@ def load_recipe(
         overrides: command-line tokens (``["--learning_rate", "3e-5"]``) or a mapping (``{"learning_rate": 3e-5}``,
             ``{"peft.r": 16}``); they win over the recipe.
 
+    Returns:
+        a :class:`Recipe`, or a :class:`~hf_transfer.multitask.recipe.MultiTaskRecipe` when the recipe has ``tasks``.
+
     Raises:
         RecipeError: unknown key, wrong type, bad value, malformed YAML or missing recipe file.
     """
@@ -388,6 +391,13 @@ def load_recipe(
         raw = dict(recipe)
     else:
         raw = _load_yaml(recipe)
+    if "tasks" in raw or any(k == "tasks" or k.startswith("tasks.") for k in overrides):
+        # A multi-task recipe (a `tasks:` list): see hf_transfer/multitask/recipe.py and docs/multitask.md.
+        from .multitask.recipe import load_multitask_recipe
+
+        if recipe is None:
+            raw.pop("class_names", None)  # the embedded demo's labels; classes are per task here
+        return load_multitask_recipe(raw, overrides)
     raw = _merge_dotted(raw)
     for key, value in _merge_dotted(overrides).items():
         if isinstance(value, dict) and isinstance(raw.get(key), dict):

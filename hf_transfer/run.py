@@ -28,6 +28,7 @@ from .data import TransferCollator, accuracy_metrics, load_raw_data, pair_with_t
 from .errors import DataError, UserError
 from .hub import atomic_write_json, atomic_write_text, model_card, publish_folder, push_folder, staging_dir
 from .methods import get_method_spec
+from .multitask.recipe import MultiTaskRecipe
 from .recipe import Recipe, load_recipe
 from .selection import build_selection, selection_summary
 from .trainer import GradualUnfreezing, TransferTrainer
@@ -84,10 +85,14 @@ def train(
     Raises:
         hf_transfer.errors.UserError: bad recipe or data, before anything is trained or written.
     """
-    if not isinstance(recipe, Recipe):
+    if not isinstance(recipe, (Recipe, MultiTaskRecipe)):
         recipe = load_recipe(recipe, overrides)
     elif overrides:
         raise UserError("overrides: pass them with a recipe path or mapping, not with a parsed Recipe")
+    if isinstance(recipe, MultiTaskRecipe):  # a recipe with a `tasks:` list (docs/multitask.md)
+        from .multitask.run import train_multitask
+
+        return train_multitask(recipe, callbacks=callbacks)
     recipe_yaml = recipe.to_yaml()  # as the user asked for it, before the adjustments below
     args = recipe.training
     # We push with our own export (model, card, recipe); the Trainer must not push checkpoints on its own.

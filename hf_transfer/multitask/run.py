@@ -1,0 +1,282 @@
+"""``train_multitask``: a recipe with ``tasks:`` in, a multi-task model folder (and one plain model per task) out.
+
+``hf-transfer train recipes/multitask/hard.yaml`` and ``hf_transfer.train(...)`` come here when the recipe has a
+``tasks`` list. The output folder holds:
+
+* the whole :class:`~hf_transfer.multitask.MultiTaskModel` (``config.json`` + ``model.safetensors``; after
+  ``import hf_transfer``, ``AutoModel.from_pretrained(output_dir)`` loads it), the tokenizer, ``metrics.json``
+  (``<task>/accuracy`` for every task, ``mean_accuracy``), ``recipe.yaml`` and a model card;
+* ``tasks/<name>/``: each task alone as a plain ``AutoModelForSequenceClassification`` (adapters merged) with its
+  tokenizer, metrics and card, which ``transformers.pipeline`` loads without hf_transfer.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoModel, set_seed
+
+from ..backbones import count_parameters, load_tokenizer
+from ..data import accuracy_metrics
+from ..errors import DataError, RecipeError, UserError
+from ..hub import atomic_write_json, atomic_write_text, model_card, publish_folder, push_folder, staging_dir
+from .data import MultiTaskCollator, TaskData, concatenate_tasks, load_tasks, tokenize_tasks
+from .modeling import LORA_FIELDS, MultiTaskModel
+from .recipe import MultiTaskRecipe
+from .trainer import MultiTaskTrainer
+
+TASKS_FOLDER = "tasks"
+
+
+def load_multitask_model(path: str | os.PathLike) -> MultiTaskModel:
+    """A trained multi-task model folder (one written by :func:`train_multitask`)."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise UserError(f"from_multitask_model: {str(path)!r} has no config.json; point it at a multi-task output_dir")
+    try:
+        model = AutoModel.from_pretrained(str(path))
+    except (OSError, ValueError) as err:
+        raise UserError(f"from_multitask_model: cannot load {str(path)!r}: {str(err).splitlines()[0]}") from None
+    if not isinstance(model, MultiTaskModel):
+        raise UserError(f"from_multitask_model: {str(path)!r} holds a {type(model).__name__}, not a multi-task model")
+    return model
+
+
+def _build_model(recipe: MultiTaskRecipe, tasks: list[TaskData]) -> tuple[MultiTaskModel, list[TaskData], str]:
+    """The model to train, the tasks that train, and where the tokenizer comes from."""
+    mt = recipe.multitask
+    if mt.from_multitask_model:
+        model = load_multitask_model(mt.from_multitask_model)
+        new = []
+        for i, task in enumerate(tasks):
+            if task.name not in model.task_names:
+                new.append(task)
+                continue
+            have = model.task_config(task.name)
+            if (have["problem_type"], have["num_labels"]) != (task.spec.problem_type, task.num_labels):
+                raise DataError(
+                    f"tasks[{i}].num_labels: task {task.name!r} of from_multitask_model is a {have['problem_type']} "
+                    f"head with {have['num_labels']} outputs; the data gives {task.num_labels}"
+                )
+        if not new:
+            raise RecipeError(f"tasks: every task is already in from_multitask_model ({', '.join(model.task_names)});"
+                              " list a new task to add")
+        for task in new:
+            model.add_task(**task.model_task())
+        model.set_trainable([t.name for t in new])  # the others are frozen: their outputs cannot change
+        return model, new, mt.from_multitask_model
+    lora = None
+    if recipe.peft:
+        lora = {k: v for k, v in recipe.peft.items() if k in LORA_FIELDS}
+    model = MultiTaskModel.from_encoder(
+        recipe.model.model_name_or_path,
+        tasks=[t.model_task() for t in tasks],
+        sharing=mt.sharing,
+        revision=recipe.model.revision,
+        trust_remote_code=recipe.model.trust_remote_code,
+        lora_config=lora,
+        loss_weighting=mt.loss_weighting,
+        l2_tie_weight=mt.l2_tie_weight,
+        orthogonality_weight=mt.orthogonality_weight,
+        adversarial_weight=mt.adversarial_weight,
+    )
+    return model, tasks, recipe.model.model_name_or_path
+
+
+def train_multitask(recipe: MultiTaskRecipe, *, callbacks: list | None = None):
+    """Train a multi-task recipe end to end; returns a :class:`hf_transfer.run.TrainResult`."""
+    from ..run import TrainResult
+
+    recipe_yaml = recipe.to_yaml()
+    args = recipe.training
+    push_requested, args.push_to_hub = args.push_to_hub, False
+    args.remove_unused_columns = False  # task_ids must reach the model
+    if not torch.cuda.is_available():
+        args.dataloader_pin_memory = False
+    # One task per step: the other tasks' heads (and adapters or encoders) sit the step out. Every process trains the
+    # same task at a step, so they sit out together.
+    args.ddp_find_unused_parameters = True
+    set_seed(args.seed)
+
+    tasks = load_tasks(recipe.tasks, seed=args.seed)  # every data check, before a model is loaded
+    model, trained, tokenizer_source = _build_model(recipe, tasks)
+    tokenizer = load_tokenizer(tokenizer_source, revision=None if recipe.multitask.from_multitask_model
+                               else recipe.model.revision, trust_remote_code=recipe.model.trust_remote_code)
+    with args.main_process_first(desc="tokenizing"):
+        tokenize_tasks(tasks, tokenizer, max_length=recipe.max_length,
+                       task_ids=[model.task_index(t.name) for t in tasks])
+    problem_types = {t["name"]: t["problem_type"] for t in model.config.tasks}
+    regression = [i for i, t in enumerate(model.config.tasks) if t["problem_type"] == "regression"]
+    trainer = MultiTaskTrainer(
+        model=model,
+        args=args,
+        train_dataset=concatenate_tasks(trained),
+        eval_dataset={t.name: t.eval for t in tasks},
+        processing_class=tokenizer,
+        data_collator=MultiTaskCollator(tokenizer, regression_tasks=regression),
+        compute_metrics=accuracy_metrics,
+        callbacks=list(callbacks or []),
+        task_names=model.task_names,
+        problem_types=problem_types,
+        train_task_sizes=[(model.task_index(t.name), len(t.train)) for t in trained],
+        task_sampling=recipe.multitask.task_sampling,
+        sampling_temperature=recipe.multitask.sampling_temperature,
+    )
+    trainable, total = count_parameters(model)
+    if trainer.is_world_process_zero():
+        print(f"hf-transfer: multi-task ({model.config.sharing} sharing, {recipe.multitask.task_sampling} sampling), "
+              f"{len(trained)} of {len(model.task_names)} tasks training: "
+              + ", ".join(f"{t.name} ({len(t.train):,} rows)" for t in trained)
+              + f"; {trainable:,} of {total:,} parameters trainable")
+
+    start = time.time()
+    train_output = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    metrics: dict[str, Any] = {
+        "train_runtime": train_output.metrics.get("train_runtime", time.time() - start),
+        "train_loss": train_output.training_loss,
+        "train_steps": trainer.state.global_step,
+        "trainable_parameters": trainable,
+        "sharing": model.config.sharing,
+    }
+    for name, rows in trainer.total_rows_per_task().items():
+        if rows:
+            metrics[f"{name}/train_rows"] = rows
+    accuracies = []
+    for task in tasks:
+        result = trainer.evaluate_task(task.name, task.eval)
+        keys = ("mse", "pearson", "loss") if task.spec.problem_type == "regression" else (
+            "accuracy", "macro_f1", "loss")
+        for key in keys:
+            metrics[f"{task.name}/{key}"] = result[f"{task.name}_{key}"]
+        if task.spec.problem_type != "regression":
+            accuracies.append(result[f"{task.name}_accuracy"])
+    if accuracies:
+        metrics["mean_accuracy"] = float(np.mean(accuracies))
+    output_dir = Path(args.output_dir)
+    export_multitask(trainer, recipe, tasks, metrics, output_dir, recipe_yaml=recipe_yaml, push=push_requested)
+    return TrainResult(metrics, trainer.accelerator.unwrap_model(trainer.model), tokenizer, trainer, recipe,
+                       output_dir)
+
+
+def export_multitask(
+    trainer: MultiTaskTrainer,
+    recipe: MultiTaskRecipe,
+    tasks: list[TaskData],
+    metrics: dict[str, Any],
+    output_dir: Path,
+    *,
+    recipe_yaml: str,
+    push: bool = False,
+) -> None:
+    """Write the whole model and, under ``tasks/<name>``, each task as a plain model; push if asked. Main process
+    only (the others wait); files are staged and moved in with ``config.json`` last."""
+    args = recipe.training
+    accelerator = trainer.accelerator
+    if trainer.is_world_process_zero():
+        model: MultiTaskModel = accelerator.unwrap_model(trainer.model)
+        tokenizer = trainer.processing_class
+        base = model.config.base_model_name_or_path or recipe.model.model_name_or_path
+        specs = {t.name: t.spec for t in tasks}
+        stage = staging_dir(output_dir)
+        model.save_pretrained(stage)
+        tokenizer.save_pretrained(stage)
+        for name in model.task_names:
+            folder = stage / TASKS_FOLDER / name
+            model.export_task(name).save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+            own = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith(f"{name}/")}
+            atomic_write_json(folder / "metrics.json", own)
+            spec = specs.get(name)
+            datasets = {"training": spec.data if spec else None,
+                        "evaluation": (spec.eval_data or f"{spec.eval_fraction:g} of the training data, held out")
+                        if spec else None}
+            card = model_card(base_model=base, methods=[f"multitask-{model.config.sharing}"], metrics=own,
+                              recipe_yaml=recipe_yaml, datasets=datasets, peft_type=None)
+            atomic_write_text(folder / "README.md", card)
+        atomic_write_text(stage / "recipe.yaml", recipe_yaml)
+        atomic_write_json(stage / "metrics.json", metrics)
+        atomic_write_text(stage / "README.md", multitask_card(model, metrics, recipe_yaml, specs,
+                                                              hub_model_id=args.hub_model_id))
+        publish_folder(stage, output_dir)
+        if push:
+            repo_id = args.hub_model_id or output_dir.name
+            url = push_folder(output_dir, repo_id, token=args.hub_token, private=args.hub_private_repo)
+            print(f"hf-transfer: pushed to {url}")
+    accelerator.wait_for_everyone()
+
+
+def multitask_card(model: MultiTaskModel, metrics: dict[str, Any], recipe_yaml: str, specs: dict[str, Any], *,
+                   hub_model_id: str | None = None) -> str:
+    """The model card of the whole multi-task model: tasks, metrics, how to load it whole or one task at a time."""
+    import yaml
+
+    from .. import __version__
+
+    config = model.config
+    base = config.base_model_name_or_path or "unknown"
+    meta = {"library_name": "transformers", "base_model": base, "pipeline_tag": "text-classification",
+            "tags": ["hf-transfer", "multi-task", f"multitask-{config.sharing}"]}
+    where = repr(hub_model_id or "path/to/this/folder")
+    rows = []
+    for task in config.tasks:
+        name = task["name"]
+        spec = specs.get(name)
+        score = metrics.get(f"{name}/accuracy", metrics.get(f"{name}/mse"))
+        score = f"{score:.4f}" if isinstance(score, float) else "—"
+        labels = ", ".join(task["id2label"][i] for i in range(len(task["id2label"])))
+        rows.append(f"| {name} | {task['problem_type']} | {labels} | {spec.data if spec else '—'} | {score} |")
+    metric_rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
+                            for k, v in sorted(metrics.items()))
+    first = config.tasks[0]["name"]
+    return f"""---
+{yaml.safe_dump(meta, sort_keys=False).strip()}
+---
+
+# {hub_model_id or f"{base.split('/')[-1]} multi-task model"}
+
+One [`{base}`](https://huggingface.co/{base}) encoder shared by {len(config.tasks)} tasks (**{config.sharing}**
+sharing), one head per task, trained with [hf-transfer](https://pypi.org/project/hf-transfer-learning/) {__version__}.
+
+| task | type | labels | training data | accuracy (MSE for regression) |
+|---|---|---|---|---|
+{chr(10).join(rows)}
+
+## Use one task (no hf-transfer needed)
+
+Each task is also a plain `AutoModelForSequenceClassification` in `tasks/<name>/`:
+
+```python
+from transformers import pipeline
+classifier = pipeline("text-classification", model="path/to/this/folder/tasks/{first}")
+# from the Hub: AutoModelForSequenceClassification.from_pretrained({where}, subfolder="tasks/{first}")
+```
+
+## Use the whole model
+
+```python
+import hf_transfer  # registers the multi-task model with AutoConfig / AutoModel
+from transformers import AutoModel, AutoTokenizer
+model = AutoModel.from_pretrained({where})
+tokenizer = AutoTokenizer.from_pretrained({where})
+logits = model(**tokenizer(["a review"], return_tensors="pt"), task="{first}").logits
+```
+
+## Results
+
+| metric | value |
+|---|---|
+{metric_rows}
+
+## Recipe
+
+Rerun with `hf-transfer train recipe.yaml` (the same file sits beside the model):
+
+```yaml
+{recipe_yaml.strip()}
+```
+"""
