@@ -107,7 +107,7 @@ def test_prepare_holds_out_source_and_pairs(tiny_model_dir, review_files):
     raw = load_raw_data(args)
     data = prepare_data(raw, tok, args)
     assert len(data.source_eval) == 10 and len(data.train) == 86
-    assert sorted(data.train["labels"] + data.source_eval["labels"]) == sorted(raw.source["labels"])
+    assert sorted(list(data.train["labels"]) + list(data.source_eval["labels"])) == sorted(raw.source["labels"])
     assert max(data.train["length"]) <= 32
     assert len(data.target_eval) == 64
 
