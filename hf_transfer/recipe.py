@@ -95,12 +95,21 @@ class ModelArguments:
             "linear layer of the classification head, found automatically."
         },
     )
+    classifier_hidden_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Images, efficientnet-lite0: put one hidden layer (ReLU, dropout) of this width between the "
+            "pooled features and the new classification layer. Other architectures keep their own head."
+        },
+    )
 
     def __post_init__(self):
         if self.num_labels is not None and self.num_labels < 2:
             raise RecipeError(f"num_labels: must be at least 2, got {self.num_labels}")
         if self.trainable_layers is not None and self.trainable_layers < 0:
             raise RecipeError(f"trainable_layers: must be >= 0, got {self.trainable_layers}")
+        if self.classifier_hidden_size is not None and self.classifier_hidden_size <= 0:
+            raise RecipeError(f"classifier_hidden_size: must be > 0, got {self.classifier_hidden_size}")
         if self.gradual_unfreezing_steps is not None and self.gradual_unfreezing_steps <= 0:
             raise RecipeError(f"gradual_unfreezing_steps: must be > 0, got {self.gradual_unfreezing_steps}")
         if not 0 < self.layerwise_lr_decay <= 1:
@@ -141,6 +150,29 @@ class DataArguments:
     text_pair_column: str | None = field(
         default=None, metadata={"help": "Optional second text column (sentence-pair tasks)."}
     )
+    image_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Column holding the input image; setting it makes the task image classification (text_column "
+            "is then unused). For a .npz file the images are under the key `x` (`<config>_x` when the split's "
+            "*_config names a prefix) and the column is called `image`."
+        },
+    )
+    image_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Images: resize to image_size x image_size instead of the image processor's own size (small "
+            "images such as 16x16 digits are upsampled). Convolutional models only; ViT-type models need their "
+            "pretrained size."
+        },
+    )
+    image_augmentation: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Images: random augmentations of the labelled source rows in training, any of hflip, shift, "
+            "brightness (NumPy/PIL; no torchvision)."
+        },
+    )
     label_column: str = field(default="label", metadata={"help": "Column holding the class label."})
     class_names: list[str] | None = field(
         default=None,
@@ -158,6 +190,17 @@ class DataArguments:
     def __post_init__(self):
         if self.max_length <= 0:
             raise RecipeError(f"max_length: must be > 0, got {self.max_length}")
+        if self.image_size is not None and self.image_size < 8:
+            raise RecipeError(f"image_size: must be >= 8 pixels, got {self.image_size}")
+        if [a.lower() for a in self.image_augmentation] == ["none"]:
+            self.image_augmentation = []  # `--image_augmentation none` on the command line
+        from .vision.data import AUGMENTATIONS
+
+        for name in self.image_augmentation:
+            if name not in AUGMENTATIONS:
+                raise unknown_choice("image_augmentation", name, AUGMENTATIONS)
+        if self.image_column is None and (self.image_size is not None or self.image_augmentation):
+            raise RecipeError("image_size / image_augmentation: set image_column too (they apply to images only)")
         if not 0 <= self.source_eval_fraction < 1:
             raise RecipeError(f"source_eval_fraction: must be in [0, 1), got {self.source_eval_fraction}")
         for name in ("max_source_samples", "max_target_samples", "max_eval_samples"):
@@ -263,13 +306,21 @@ def _field_names(*classes: type) -> list[str]:
     return [f.name for cls in classes for f in dataclasses.fields(cls) if f.init]
 
 
+@cache
+def _nullable_fields() -> frozenset[str]:
+    """Our fields that accept None although their default is set (``target_data``: ``str | None``). Read from the
+    class annotations: HfArgumentParser rewrites ``field.type`` of optional fields to the bare type."""
+    return frozenset(name for cls in (ModelArguments, DataArguments, MethodArguments)
+                     for name, annotation in cls.__annotations__.items() if "None" in str(annotation))
+
+
 def _coerce(parser: HfArgumentParser, key: str, value: Any, where: str) -> Any:
     """Convert a YAML or command-line value with the converter argparse would use for that field."""
     action = parser._option_string_actions.get(f"--{key}")
     if action is None:  # pragma: no cover - callers check names first
         raise RecipeError(f"{where}{key}: unknown field")
-    if value is None:
-        return None
+    if value is None or (value == "null" and (action.default is None or key in _nullable_fields())):
+        return None  # `--source_config null` on the command line, as `null` in YAML: unset an optional field
     if isinstance(value, dict):
         return value  # dict-valued fields (lr_scheduler_kwargs, fsdp_config ...) pass through
     convert = action.type or str
@@ -391,6 +442,13 @@ def load_recipe(
         raw = dict(recipe)
     else:
         raw = _load_yaml(recipe)
+    for key, module, loader in (("meta_method", "meta", "load_meta_recipe"),
+                                ("lifelong_method", "lifelong", "load_lifelong_recipe")):
+        if key in raw or key in overrides:
+            # Meta-learning / lifelong recipes (task lists plus their own fields): see docs/meta_lifelong.md.
+            import importlib
+
+            return getattr(importlib.import_module(f".{module}.recipe", __package__), loader)(raw, overrides)
     if "tasks" in raw or any(k == "tasks" or k.startswith("tasks.") for k in overrides):
         # A multi-task recipe (a `tasks:` list): see hf_transfer/multitask/recipe.py and docs/multitask.md.
         from .multitask.recipe import load_multitask_recipe
@@ -438,6 +496,8 @@ def load_recipe(
     except (ValueError, TypeError) as err:
         raise RecipeError(f"training arguments: {err}") from None
 
+    if data_args.image_column and training_args.train_sampling_strategy == "group_by_length":
+        raise RecipeError("train_sampling_strategy: group_by_length needs text lengths; images have none. Use random")
     method_configs = {}
     for name in method_args.method:
         block = raw.get(name) or {}
@@ -454,7 +514,7 @@ def load_recipe(
     if peft_block is not None:
         from .backbones import validate_peft_block
 
-        peft_block = validate_peft_block(peft_block)
+        peft_block = validate_peft_block(peft_block, image=bool(data_args.image_column))
     return Recipe(model_args, data_args, method_args, training_args, method_configs, peft_block, training_fields)
 
 

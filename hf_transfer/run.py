@@ -19,14 +19,18 @@ from transformers import PreTrainedModel, set_seed
 from .backbones import (
     count_parameters,
     find_feature_module,
+    freeze_batchnorm_statistics,
     load_classifier,
+    load_image_processor,
     load_tokenizer,
     set_trainable_top_layers,
     wrap_with_peft,
 )
+from .checkpoints import resolve_resume_checkpoint
 from .data import TransferCollator, accuracy_metrics, load_raw_data, pair_with_target, prepare_data
+from .diagnostics.training_plot import finish_before_after_plot, start_before_after_plot
 from .errors import DataError, UserError
-from .hub import atomic_write_json, atomic_write_text, model_card, publish_folder, push_folder, staging_dir
+from .hub import PushRequest, finish_export, model_card, staging_dir, take_push_request
 from .methods import get_method_spec
 from .multitask.recipe import MultiTaskRecipe
 from .recipe import Recipe, load_recipe
@@ -85,7 +89,9 @@ def train(
     Raises:
         hf_transfer.errors.UserError: bad recipe or data, before anything is trained or written.
     """
-    if not isinstance(recipe, (Recipe, MultiTaskRecipe)):
+    from .meta.recipe import TaskListRecipe
+
+    if not isinstance(recipe, (Recipe, MultiTaskRecipe, TaskListRecipe)):
         recipe = load_recipe(recipe, overrides)
     elif overrides:
         raise UserError("overrides: pass them with a recipe path or mapping, not with a parsed Recipe")
@@ -93,10 +99,16 @@ def train(
         from .multitask.run import train_multitask
 
         return train_multitask(recipe, callbacks=callbacks)
+    if isinstance(recipe, TaskListRecipe):  # meta-learning or lifelong recipes (docs/meta_lifelong.md)
+        from .lifelong import LifelongRecipe, train_lifelong
+        from .meta import train_meta
+
+        return (train_lifelong if isinstance(recipe, LifelongRecipe) else train_meta)(recipe)
     recipe_yaml = recipe.to_yaml()  # as the user asked for it, before the adjustments below
     args = recipe.training
-    # We push with our own export (model, card, recipe); the Trainer must not push checkpoints on its own.
-    push_requested, args.push_to_hub = args.push_to_hub, False
+    push_requested = take_push_request(args)
+    # `latest` -> the newest complete checkpoint; a half-written one is refused before anything loads.
+    args.resume_from_checkpoint = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
     # Our datasets hold exactly the columns the collator needs (target_* included); don't let the Trainer drop them.
     args.remove_unused_columns = False
     if not torch.cuda.is_available():
@@ -106,22 +118,33 @@ def train(
     set_seed(args.seed)
 
     raw = load_raw_data(recipe.data, num_labels=recipe.model.num_labels, seed=args.seed)
-    tokenizer = load_tokenizer(
-        recipe.model.model_name_or_path, revision=recipe.model.revision,
-        trust_remote_code=recipe.model.trust_remote_code,
-    )
+    image = bool(recipe.data.image_column)  # image classification (docs/vision.md): same flow, other processor
+    hub_kwargs = dict(revision=recipe.model.revision, trust_remote_code=recipe.model.trust_remote_code)
+    if image:
+        tokenizer = load_image_processor(recipe.model.model_name_or_path, image_size=recipe.data.image_size,
+                                         **hub_kwargs)
+    else:
+        tokenizer = load_tokenizer(recipe.model.model_name_or_path, **hub_kwargs)
     if recipe.needs_target and raw.target is None:
         raise DataError("target_data: the chosen method learns from unlabelled target data; set target_data")
     with args.main_process_first(desc="tokenizing"):
         data = prepare_data(raw, tokenizer, recipe.data, seed=args.seed)
 
+    config_overrides = {}
+    if recipe.data.image_size is not None:
+        config_overrides["image_size"] = recipe.data.image_size
+    if recipe.model.classifier_hidden_size is not None:
+        config_overrides["classifier_hidden_size"] = recipe.model.classifier_hidden_size
     model = load_classifier(
         recipe.model.model_name_or_path,
         num_labels=data.labels.num_labels,
         id2label=data.labels.id2label,
-        revision=recipe.model.revision,
-        trust_remote_code=recipe.model.trust_remote_code,
+        image=image,
+        config_overrides=config_overrides,
+        **hub_kwargs,
     )
+    if image:
+        freeze_batchnorm_statistics(model)
     if recipe.model.freeze_backbone:
         set_trainable_top_layers(model, 0)
     elif recipe.model.trainable_layers is not None:
@@ -129,16 +152,28 @@ def train(
     if recipe.peft:
         model = wrap_with_peft(model, recipe.peft)
     methods, feature_module = build_methods(recipe, model, data.labels.num_labels)
-    collator = TransferCollator(tokenizer)
+    if image:
+        from .vision.data import ImageCollator
+
+        collator = ImageCollator(tokenizer)
+    else:
+        collator = TransferCollator(tokenizer)
     metrics: dict[str, Any] = {}
+    # `methods`: the built loss modules, so a hook can hand them what only it knows (e.g. class names -> a graph).
     context = {"data": data, "model": model, "tokenizer": tokenizer, "collator": collator, "args": args,
-               "metrics": metrics}
+               "metrics": metrics, "methods": methods}
     for name in recipe.methods.method:
         prepare = get_method_spec(name).prepare
         if prepare is not None:
             context = prepare(recipe.method_configs[name], context)
+    # Source vs target t-SNE before and after training, on a bounded sample (main process; docs/diagnostics.md).
+    tsne = None if image else start_before_after_plot(args, model, data, collator)
     if recipe.needs_target:
         data.train = pair_with_target(data.train, data.target, seed=args.seed)
+    if image and recipe.data.image_augmentation:
+        from .vision.data import augment_table
+
+        data.train = augment_table(data.train, recipe.data.image_augmentation, seed=args.seed)
     selection = build_selection(recipe, model, data, feature_module=feature_module)
 
     callbacks = list(callbacks or [])
@@ -180,6 +215,7 @@ def train(
     if selection is not None:  # which evaluation each label-free validator picks (and its target accuracy)
         metrics.update(selection_summary(trainer.state.log_history, selection.validators))
     output_dir = Path(args.output_dir)
+    finish_before_after_plot(tsne, trainer, output_dir)  # before export, so a push includes the picture
     export(trainer, recipe, metrics, output_dir, recipe_yaml=recipe_yaml, push=push_requested)
     return TrainResult(metrics, trainer.model, tokenizer, trainer, recipe, output_dir)
 
@@ -191,7 +227,7 @@ def export(
     output_dir: Path,
     *,
     recipe_yaml: str,
-    push: bool = False,
+    push: PushRequest | None = None,
 ) -> None:
     """Write the model (or adapter, and optionally the merged model), tokenizer, metrics, recipe and card; push if
     the recipe asks. Main process only; the others wait."""
@@ -207,8 +243,6 @@ def export(
             merged = copy.deepcopy(model).merge_and_unload()
             merged.save_pretrained(stage / "merged")
             trainer.processing_class.save_pretrained(stage / "merged")
-        atomic_write_text(stage / "recipe.yaml", recipe_yaml)
-        atomic_write_json(stage / "metrics.json", metrics)
         d = recipe.data
         card = model_card(
             base_model=recipe.model.model_name_or_path,
@@ -219,19 +253,25 @@ def export(
                       "evaluation": d.eval_data or (d.target_data if "target_accuracy" in metrics else None)},
             peft_type=peft_type,
             hub_model_id=args.hub_model_id,
+            pipeline_tag="image-classification" if recipe.data.image_column else "text-classification",
         )
-        atomic_write_text(stage / "README.md", card)
-        publish_folder(stage, output_dir)
-        if push:
-            repo_id = args.hub_model_id or output_dir.name
-            url = push_folder(output_dir, repo_id, token=args.hub_token, private=args.hub_private_repo)
-            print(f"hf-transfer: pushed to {url}")
+        finish_export(stage, output_dir, recipe_yaml=recipe_yaml, metrics=metrics, card=card, push=push)
     accelerator.wait_for_everyone()
 
 
 def load_trained(model_dir: str | os.PathLike):
-    """Load a folder written by :func:`train`: a plain model, or a PEFT adapter on its base model."""
+    """Load a folder written by :func:`train`: a plain model, or a PEFT adapter on its base model. Returns
+    ``(model, tokenizer)``, the image processor in place of the tokenizer for an image classifier."""
     path = Path(model_dir)
+    if (path / "preprocessor_config.json").is_file() and (path / "config.json").is_file():
+        from transformers import AutoModelForImageClassification
+
+        return AutoModelForImageClassification.from_pretrained(str(path)).eval(), load_image_processor(str(path))
+    if (path / "preprocessor_config.json").is_file():
+        raise UserError(
+            f"model: {str(path)!r} is an image-classification adapter; evaluate its merged/ folder (train with "
+            "merge_adapter: true) or load it with peft.PeftModel on the base model"
+        )
     if (path / "adapter_config.json").is_file():
         from peft import AutoPeftModelForSequenceClassification
 
@@ -258,26 +298,41 @@ def evaluate(
     split: str = "train",
     batch_size: int = 32,
     max_length: int = 256,
+    image_column: str | None = None,
+    config: str | None = None,
 ) -> dict[str, float]:
-    """Accuracy and macro-F1 of a trained model folder on a labelled dataset (file, folder or Hub id)."""
+    """Accuracy and macro-F1 of a trained model folder on a labelled dataset (file, folder or Hub id). For an image
+    classifier set ``image_column`` (and ``config``, e.g. the key prefix of a ``.npz``)."""
     from transformers import EvalPrediction
 
     from .data import LabelSpace, encode_labels, load_table, require_column
 
     model, tokenizer = load_trained(model_dir)
-    table = load_table(data, field="data", split=split)
-    require_column(table, text_column, field="data", spec=data, option="text_column")
+    table = load_table(data, field="data", split=split, config=config)
+    input_column = image_column or text_column
+    require_column(table, input_column, field="data", spec=data, option="image_column" if image_column else
+                   "text_column")
     require_column(table, label_column, field="data", spec=data, option="label_column")
     id2label = {int(k): v for k, v in model.config.id2label.items()}
     names = [id2label[i] for i in range(len(id2label))]
     values = table[label_column]
     space = LabelSpace(names, from_strings=any(isinstance(v, str) for v in values))
     table = encode_labels(table, label_column, space, field="data", spec=data)
-    texts, labels = table[text_column], table["labels"]
+    labels = table["labels"]
     logits = []
-    for start in range(0, len(texts), batch_size):
-        enc = tokenizer(texts[start:start + batch_size], truncation=True, max_length=max_length, padding=True,
-                        return_tensors="pt")
-        logits.append(model(**enc).logits.float())
+    if image_column:
+        from .vision.data import ImageCollator, select_image_column
+
+        images, collate = select_image_column(table, image_column, keep=()), ImageCollator(tokenizer)
+        for start in range(0, len(images), batch_size):
+            rows = [images[i] for i in range(start, min(start + batch_size, len(images)))]
+            logits.append(model(**collate(rows)).logits.float())
+        texts = images
+    else:
+        texts = table[text_column]
+        for start in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[start:start + batch_size], truncation=True, max_length=max_length, padding=True,
+                            return_tensors="pt")
+            logits.append(model(**enc).logits.float())
     metrics = accuracy_metrics(EvalPrediction(predictions=torch.cat(logits).numpy(), label_ids=labels))
     return {**metrics, "num_examples": len(texts)}

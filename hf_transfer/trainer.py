@@ -29,6 +29,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 
 from .backbones import FeatureTap, encoder_layers, layerwise_lr_groups, set_trainable_top_layers
+from .errors import TrainingDivergedError
 from .methods import StepBatch, TransferMethod
 
 METHOD_STATE_FILE = "transfer_methods.safetensors"
@@ -63,6 +64,71 @@ class MethodStack(nn.Module):
             for key, value in out.logs.items():
                 logs[f"{name}/{key}"] = value
         return total, logs
+
+
+class NonFiniteLossGuard:
+    """Stops training at the first step whose loss is NaN or infinite, naming the step and the terms that went bad.
+
+    On a CPU, checking costs nothing, so every step is checked and the error comes before that step's update. On an
+    accelerator a per-step check would wait on the device each step, so the first bad step (and which terms were
+    bad) is recorded on the device and read only at the next log and before each checkpoint: no checkpoint or
+    exported model ever holds weights updated from a non-finite loss.
+    """
+
+    def __init__(self, *, check_every_step: bool, learning_rate: float):
+        self.check_every_step = check_every_step
+        self.learning_rate = learning_rate
+        self._names: list[str] = []
+        self._first_bad_step: torch.Tensor | None = None
+        self._bad_terms: torch.Tensor | None = None
+
+    def observe(self, step: int, terms: dict[str, torch.Tensor]) -> None:
+        values = torch.stack([t.detach().float().reshape(()) for t in terms.values()])
+        bad = ~torch.isfinite(values)
+        if self.check_every_step:
+            if bool(bad.any()):
+                raise self.error(step, [n for n, b in zip(terms, bad.tolist()) if b], values)
+            return
+        if self._first_bad_step is None or list(terms) != self._names:
+            self._names = list(terms)
+            self._first_bad_step = torch.full((), -1, dtype=torch.long, device=values.device)
+            self._bad_terms = torch.zeros_like(bad)
+        first = (self._first_bad_step < 0) & bad.any()
+        self._first_bad_step = torch.where(first, torch.full_like(self._first_bad_step, step), self._first_bad_step)
+        self._bad_terms = torch.where(first, bad, self._bad_terms)
+
+    def check(self) -> None:
+        """Raise if a non-finite loss was recorded (the deferred path; a no-op when every step is checked)."""
+        if self._first_bad_step is None:
+            return
+        step = int(self._first_bad_step)
+        if step >= 0:
+            raise self.error(step, [n for n, b in zip(self._names, self._bad_terms.tolist()) if b], None)
+
+    def error(self, step: int, names: list[str], values: torch.Tensor | None) -> TrainingDivergedError:
+        which = ", ".join(names) or "the loss"
+        methods = sorted({n.split("/", 1)[0] for n in names if "/" in n})
+        causes = [f"a learning rate too high for this model (learning_rate {self.learning_rate:g}: try 10x lower)"]
+        if methods:
+            causes.insert(0, f"too large a weight on {', '.join(methods)} (lower its trade_off)")
+        causes += ["fp16 overflow (use bf16 or fp32)", "non-finite values in the data (e.g. a sample_weight column)"]
+        return TrainingDivergedError(
+            f"training stopped at step {step}: {which} became NaN or infinite. Likely causes: {'; '.join(causes)}. "
+            "Checkpoints written before that step are intact: resume from one with --resume_from_checkpoint."
+        )
+
+
+class ZeroMethodGradients(TrainerCallback):
+    """Clears the method parameters' gradients after every optimizer step.
+
+    The Trainer clears gradients with ``model.zero_grad()``, which does not reach a discriminator that lives on the
+    method stack: without this its gradients would add up over all past steps."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.module.zero_grad(set_to_none=True)
 
 
 class GradualUnfreezing(TrainerCallback):
@@ -122,6 +188,11 @@ class TransferTrainer(Trainer):
         self._log_sums: dict[str, float] = defaultdict(float)
         self._log_counts: dict[str, int] = defaultdict(int)
         self.extra_eval_metrics = extra_eval_metrics
+        if any(True for _ in self.method_stack.parameters()):
+            self.add_callback(ZeroMethodGradients(self.method_stack))
+        self.loss_guard = NonFiniteLossGuard(
+            check_every_step=self.args.device.type == "cpu", learning_rate=self.args.learning_rate
+        )
 
     # ---- optimisation ----------------------------------------------------------------------------------------
 
@@ -169,6 +240,7 @@ class TransferTrainer(Trainer):
             logits[source], labels[source], None if weights is None else weights[source]
         )
         loss = task_loss
+        terms = {"task_loss": task_loss}
         if model.training and self._tap is not None:
             batch = StepBatch(
                 logits=logits,
@@ -182,8 +254,11 @@ class TransferTrainer(Trainer):
             loss = loss + aux_loss
             for key, value in logs.items():
                 self._accumulate(key, value)
+            terms.update({k: v for k, v in logs.items() if k.endswith("/loss")})
         if model.training:
             self._accumulate("task_loss", task_loss.detach())
+            terms["total loss"] = loss
+            self.loss_guard.observe(self.state.global_step + 1, terms)
         return (loss, outputs) if return_outputs else loss
 
     def _progress(self) -> float:
@@ -198,6 +273,7 @@ class TransferTrainer(Trainer):
         self._log_counts[key] += 1
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        self.loss_guard.check()
         if "loss" in logs and self._log_counts:
             for key, total in self._log_sums.items():
                 mean = total / max(self._log_counts[key], 1)
@@ -222,6 +298,10 @@ class TransferTrainer(Trainer):
         return metrics
 
     # ---- checkpoints: method state travels with the optimizer state ------------------------------------------
+
+    def _save_checkpoint(self, model, trial) -> None:
+        self.loss_guard.check()
+        super()._save_checkpoint(model, trial)
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import RecipeError
-from .base import MethodOutput, StepBatch
+from .base import MethodOutput, StepBatch, TransferMethod
 
 LAMBDA_SCHEDULES = ("grl", "fixed")
 
@@ -203,3 +203,35 @@ def adversarial_domain_output(
     with torch.no_grad():
         accuracy = ((logits > 0).long() == batch.domain.long()).float().mean()
     return MethodOutput(loss, {"lambda": coeff, "domain_loss": loss.detach(), "domain_accuracy": accuracy})
+
+
+class AdversarialDomainMethod(TransferMethod):
+    """What DANN and CDAN share: the scheduled reversal coefficient, the skip on a batch that holds one domain only,
+    and the source rows' ``sample_weight`` carried into the domain loss. Subclasses build ``self.discriminator``
+    and implement :meth:`adversarial_step`. Their configs carry the ``lambda_schedule``/``lambda_max``/``gamma``
+    fields."""
+
+    needs_target = True
+    discriminator: nn.Module
+
+    def current_lambda(self, progress: float) -> float:
+        c = self.config
+        return dann_lambda(progress, schedule=c.lambda_schedule, lambda_max=c.lambda_max, gamma=c.gamma)
+
+    def forward(self, batch: StepBatch) -> MethodOutput:
+        coeff = self.current_lambda(batch.progress)
+        if not (batch.source_mask.any() and batch.target_mask.any()):
+            # A zero that still touches every discriminator parameter, so DDP sees them all used.
+            return MethodOutput(zero_loss(batch, self.discriminator), {"lambda": coeff})
+        return self.adversarial_step(batch, coeff, source_row_weight(batch))
+
+    def adversarial_step(self, batch: StepBatch, coeff: float, row_weight: torch.Tensor | None) -> MethodOutput:
+        raise NotImplementedError
+
+
+def source_row_weight(batch: StepBatch) -> torch.Tensor | None:
+    """``sample_weight`` on source rows, 1 on target rows (None when the batch has no weights)."""
+    if batch.sample_weight is None:
+        return None
+    weight = batch.sample_weight.detach().float()
+    return torch.where(batch.source_mask, weight, torch.ones_like(weight))

@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 
 from ._layers import (
+    AdversarialDomainMethod,
     DomainDiscriminator,
     adversarial_domain_output,
     check_choice,
@@ -27,12 +28,9 @@ from ._layers import (
     check_lambda_fields,
     check_positive,
     check_trade_off,
-    dann_lambda,
     full_precision,
-    zero_loss,
 )
-from .base import MethodConfig, MethodOutput, StepBatch, TransferMethod
-from .dann import source_row_weight
+from .base import MethodConfig, MethodOutput, StepBatch
 from .registry import register_method
 
 MAPS = ("auto", "full", "randomized")
@@ -108,13 +106,11 @@ def entropy_weights(probs: torch.Tensor) -> torch.Tensor:
     return 1.0 + torch.exp(-entropy)
 
 
-class CDAN(TransferMethod):
+class CDAN(AdversarialDomainMethod):
     """Conditional adversarial loss on ``batch.features`` and ``softmax(batch.logits)``.
 
     Logs ``lambda``, ``domain_loss`` and ``domain_accuracy`` as ``dann`` does.
     """
-
-    needs_target = True
 
     def __init__(self, config: CDANConfig, *, feature_dim: int, num_labels: int):
         super().__init__(config, feature_dim=feature_dim, num_labels=num_labels)
@@ -134,20 +130,12 @@ class CDAN(TransferMethod):
             in_features, hidden_size=config.hidden_size, num_layers=config.num_layers, dropout=config.dropout
         )
 
-    def current_lambda(self, progress: float) -> float:
-        c = self.config
-        return dann_lambda(progress, schedule=c.lambda_schedule, lambda_max=c.lambda_max, gamma=c.gamma)
-
-    def forward(self, batch: StepBatch) -> MethodOutput:
-        coeff = self.current_lambda(batch.progress)
-        if not (batch.source_mask.any() and batch.target_mask.any()):
-            return MethodOutput(zero_loss(batch, self.discriminator), {"lambda": coeff})
+    def adversarial_step(self, batch: StepBatch, coeff: float, row_weight: torch.Tensor | None) -> MethodOutput:
         dtype = next(self.discriminator.parameters()).dtype
         with full_precision(batch.features):
             probs = batch.logits.detach().float().softmax(-1)
             h = self.map(batch.features.float(), probs).to(dtype)
         weight = entropy_weights(probs) if self.config.entropy_conditioning else None
-        row_weight = source_row_weight(batch)
         if row_weight is not None:
             weight = row_weight if weight is None else weight * row_weight
         return adversarial_domain_output(self.discriminator, h, batch, coeff, weight)

@@ -17,15 +17,14 @@ from typing import Literal
 import torch
 
 from ._layers import (
+    AdversarialDomainMethod,
     DomainDiscriminator,
     adversarial_domain_output,
     check_discriminator_fields,
     check_lambda_fields,
     check_trade_off,
-    dann_lambda,
-    zero_loss,
 )
-from .base import MethodConfig, MethodOutput, StepBatch, TransferMethod
+from .base import MethodConfig, MethodOutput, StepBatch
 from .registry import register_method
 
 
@@ -52,22 +51,12 @@ class DANNConfig(MethodConfig):
         check_lambda_fields("dann", self.lambda_schedule, self.lambda_max, self.gamma)
 
 
-def source_row_weight(batch: StepBatch) -> torch.Tensor | None:
-    """``sample_weight`` on source rows, 1 on target rows (None when the batch has no weights)."""
-    if batch.sample_weight is None:
-        return None
-    weight = batch.sample_weight.detach().float()
-    return torch.where(batch.source_mask, weight, torch.ones_like(weight))
-
-
-class DANN(TransferMethod):
+class DANN(AdversarialDomainMethod):
     """Gradient reversal + MLP domain discriminator on ``batch.features``.
 
     Logs ``lambda`` (current reversal coefficient), ``domain_loss`` and ``domain_accuracy`` (of the discriminator on
     this batch; 0.5 means the domains are indistinguishable to it).
     """
-
-    needs_target = True
 
     def __init__(self, config: DANNConfig, *, feature_dim: int, num_labels: int):
         super().__init__(config, feature_dim=feature_dim, num_labels=num_labels)
@@ -75,17 +64,8 @@ class DANN(TransferMethod):
             feature_dim, hidden_size=config.hidden_size, num_layers=config.num_layers, dropout=config.dropout
         )
 
-    def current_lambda(self, progress: float) -> float:
-        c = self.config
-        return dann_lambda(progress, schedule=c.lambda_schedule, lambda_max=c.lambda_max, gamma=c.gamma)
-
-    def forward(self, batch: StepBatch) -> MethodOutput:
-        coeff = self.current_lambda(batch.progress)
-        if not (batch.source_mask.any() and batch.target_mask.any()):
-            return MethodOutput(zero_loss(batch, self.discriminator), {"lambda": coeff})
-        return adversarial_domain_output(
-            self.discriminator, batch.features, batch, coeff, source_row_weight(batch)
-        )
+    def adversarial_step(self, batch: StepBatch, coeff: float, row_weight: torch.Tensor | None) -> MethodOutput:
+        return adversarial_domain_output(self.discriminator, batch.features, batch, coeff, row_weight)
 
 
 register_method("dann", DANNConfig, DANN)

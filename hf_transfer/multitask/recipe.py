@@ -191,6 +191,28 @@ class MultiTaskRecipe:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
 
+def parse_family_fields(raw: dict[str, Any], args_class: type, *, kind: str, also_known: set[str], doc: str):
+    """Pop the fields of a recipe family's own dataclass (``args_class``) from ``raw``, parse them, and refuse any
+    key left that no recipe class knows, naming the nearest valid one. What stays in ``raw`` is a plain recipe's.
+    ``also_known`` are keys the caller has already taken out (e.g. ``tasks``), offered as suggestions."""
+    own = _field_names(args_class)
+    parser = _parser(args_class)
+    values = {k: _coerce(parser, k, raw.pop(k), where="") for k in own if k in raw}
+    try:
+        (parsed,) = parser.parse_dict(values)
+    except RecipeError:
+        raise
+    except (ValueError, TypeError) as err:
+        raise RecipeError(f"{kind} fields: {err}") from None
+    valid = {"peft", *_field_names(*_FLAT_CLASSES)}
+    for key in raw:
+        if key not in valid:
+            hint = nearest(key, sorted(valid | set(also_known) | set(own)))
+            fix = f"did you mean {hint!r}?" if hint else f"see {doc} for the fields"
+            raise RecipeError(f"{key}: unknown recipe field; {fix}")
+    return parsed
+
+
 def load_multitask_recipe(raw: dict[str, Any], overrides: dict[str, Any]) -> MultiTaskRecipe:
     """Parse a recipe whose YAML (or overrides) has ``tasks``. ``raw`` is the recipe as read, ``overrides`` the
     command-line or keyword overrides (``{"learning_rate": 3e-5, "tasks.books.max_train_samples": 100}``)."""
@@ -215,20 +237,8 @@ def load_multitask_recipe(raw: dict[str, Any], overrides: dict[str, Any]) -> Mul
         if key in raw:
             raise RecipeError(f"{key}: not used in a multi-task recipe (it has `tasks`); {hint}")
 
-    parser = _parser(MultiTaskArguments)
-    values = {k: _coerce(parser, k, raw.pop(k), where="") for k in MULTITASK_FIELDS if k in raw}
-    try:
-        (multitask,) = parser.parse_dict(values)
-    except RecipeError:
-        raise
-    except (ValueError, TypeError) as err:
-        raise RecipeError(f"multi-task fields: {err}") from None
-    valid = {"peft", *_field_names(*_FLAT_CLASSES)}
-    for key in raw:
-        if key not in valid:
-            hint = nearest(key, sorted(valid | {"tasks", *MULTITASK_FIELDS}))
-            fix = f"did you mean {hint!r}?" if hint else "see docs/multitask.md for the fields"
-            raise RecipeError(f"{key}: unknown recipe field; {fix}")
+    multitask = parse_family_fields(raw, MultiTaskArguments, kind="multi-task", also_known={"tasks"},
+                                    doc="docs/multitask.md")
     defaults = {k: raw[k] for k in TASK_DEFAULTS if raw.get(k) is not None}
     if raw.get("text_pair_column") is None:
         raw.pop("text_pair_column", None)

@@ -22,9 +22,18 @@ import torch
 from transformers import AutoModel, set_seed
 
 from ..backbones import count_parameters, load_tokenizer
+from ..checkpoints import resolve_resume_checkpoint
 from ..data import accuracy_metrics
 from ..errors import DataError, RecipeError, UserError
-from ..hub import atomic_write_json, atomic_write_text, model_card, publish_folder, push_folder, staging_dir
+from ..hub import (
+    PushRequest,
+    atomic_write_json,
+    atomic_write_text,
+    finish_export,
+    model_card,
+    staging_dir,
+    take_push_request,
+)
 from .data import MultiTaskCollator, TaskData, concatenate_tasks, load_tasks, tokenize_tasks
 from .modeling import LORA_FIELDS, MultiTaskModel
 from .recipe import MultiTaskRecipe
@@ -94,7 +103,9 @@ def train_multitask(recipe: MultiTaskRecipe, *, callbacks: list | None = None):
 
     recipe_yaml = recipe.to_yaml()
     args = recipe.training
-    push_requested, args.push_to_hub = args.push_to_hub, False
+    push_requested = take_push_request(args)
+    # `latest` -> the newest complete checkpoint; a half-written one is refused before anything loads.
+    args.resume_from_checkpoint = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
     args.remove_unused_columns = False  # task_ids must reach the model
     if not torch.cuda.is_available():
         args.dataloader_pin_memory = False
@@ -171,7 +182,7 @@ def export_multitask(
     output_dir: Path,
     *,
     recipe_yaml: str,
-    push: bool = False,
+    push: PushRequest | None = None,
 ) -> None:
     """Write the whole model and, under ``tasks/<name>``, each task as a plain model; push if asked. Main process
     only (the others wait); files are staged and moved in with ``config.json`` last."""
@@ -198,15 +209,9 @@ def export_multitask(
             card = model_card(base_model=base, methods=[f"multitask-{model.config.sharing}"], metrics=own,
                               recipe_yaml=recipe_yaml, datasets=datasets, peft_type=None)
             atomic_write_text(folder / "README.md", card)
-        atomic_write_text(stage / "recipe.yaml", recipe_yaml)
-        atomic_write_json(stage / "metrics.json", metrics)
-        atomic_write_text(stage / "README.md", multitask_card(model, metrics, recipe_yaml, specs,
-                                                              hub_model_id=args.hub_model_id))
-        publish_folder(stage, output_dir)
-        if push:
-            repo_id = args.hub_model_id or output_dir.name
-            url = push_folder(output_dir, repo_id, token=args.hub_token, private=args.hub_private_repo)
-            print(f"hf-transfer: pushed to {url}")
+        finish_export(stage, output_dir, recipe_yaml=recipe_yaml, metrics=metrics,
+                      card=multitask_card(model, metrics, recipe_yaml, specs, hub_model_id=args.hub_model_id),
+                      push=push)
     accelerator.wait_for_everyone()
 
 

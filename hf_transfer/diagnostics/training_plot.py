@@ -1,0 +1,86 @@
+"""The before/after picture every training run with a target writes: t-SNE of source vs target features from the
+pretrained backbone (before) and from the trained one (after), as ``diagnostics_tsne.png`` beside the model.
+
+Cheap by construction: a seeded sample of at most ``HF_TRANSFER_TSNE_ROWS`` rows per domain (default 100), one
+frozen forward pass over them before training and one after, two short t-SNEs (500 iterations) of a few hundred
+points, on the main process only: a second or two on a CPU. ``HF_TRANSFER_TSNE_PLOT=0`` turns it off.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+from pathlib import Path
+
+PLOT_NAME = "diagnostics_tsne.png"
+ENABLE_ENV = "HF_TRANSFER_TSNE_PLOT"
+ROWS_ENV = "HF_TRANSFER_TSNE_ROWS"
+
+
+def _sample(dataset, rows: int, seed: int):
+    columns = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in dataset.column_names]
+    if len(dataset) > rows:
+        dataset = dataset.shuffle(seed=seed).select(range(rows))
+    return dataset.select_columns(columns)
+
+
+def _device(model):
+    return next(model.parameters()).device
+
+
+class BeforeAfterPlot:
+    """Embed bounded source and target samples now (the "before"); :meth:`write` embeds them again with the
+    trained model and writes the two-panel t-SNE."""
+
+    def __init__(self, model, source, target, collator, *, seed: int = 0, rows: int | None = None,
+                 batch_size: int = 64):
+        from ..methods.instance_weighting import embed
+
+        rows = rows or int(os.environ.get(ROWS_ENV, "100"))
+        self.source, self.target = _sample(source, rows, seed), _sample(target, rows, seed)
+        self.collator, self.seed, self.batch_size = collator, seed, batch_size
+        common = dict(collator=collator, kind="mean", batch_size=batch_size, device=_device(model))
+        self.before = (embed(model, self.source, desc="t-SNE source (before)", **common),
+                       embed(model, self.target, desc="t-SNE target (before)", **common))
+
+    def write(self, model, output_dir: str | os.PathLike) -> Path:
+        from ..methods.instance_weighting import embed
+        from .plots import tsne_plot
+
+        common = dict(collator=self.collator, kind="mean", batch_size=self.batch_size, device=_device(model))
+        after = (embed(model, self.source, desc="t-SNE source (after)", **common),
+                 embed(model, self.target, desc="t-SNE target (after)", **common))
+        return tsne_plot({"before training": self.before, "after training": after}, Path(output_dir) / PLOT_NAME,
+                         seed=self.seed, max_iter=500)
+
+
+def start_before_after_plot(trainer_args, model, data, collator) -> BeforeAfterPlot | None:
+    """The ``run.train`` hook before training: a :class:`BeforeAfterPlot` on the main process when the run has
+    target data and the plot is not switched off, else ``None``. Never fails the run (a warning instead)."""
+    if data.target is None or os.environ.get(ENABLE_ENV, "1") in ("0", "false", "False", "no"):
+        return None
+    if importlib.util.find_spec("matplotlib") is None:  # an optional dependency (the `plots` extra)
+        return None
+    if trainer_args.process_index != 0:
+        return None
+    try:
+        return BeforeAfterPlot(model, data.train, data.target, collator, seed=trainer_args.seed)
+    except Exception as err:  # a diagnostic picture must not cost a training run
+        warnings.warn(f"hf-transfer: skipped the before/after t-SNE ({err})", stacklevel=2)
+        return None
+
+
+def finish_before_after_plot(plot: BeforeAfterPlot | None, trainer, output_dir) -> Path | None:
+    """The hook after export: write ``diagnostics_tsne.png`` into ``output_dir`` (main process only)."""
+    if plot is None or not trainer.is_world_process_zero():
+        return None
+    try:
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        return plot.write(model, output_dir)
+    except Exception as err:  # the model is already exported; a plotting failure only warns
+        warnings.warn(f"hf-transfer: skipped the before/after t-SNE ({err})", stacklevel=2)
+        return None
+
+
+__all__ = ["PLOT_NAME", "BeforeAfterPlot", "finish_before_after_plot", "start_before_after_plot"]

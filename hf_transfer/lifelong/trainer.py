@@ -1,0 +1,250 @@
+"""``train_lifelong``: learn a recipe's tasks one after another, measure the accuracy matrix after each, and keep the
+final model.
+
+Each task trains for ``steps_per_task`` optimizer steps with a fresh ``transformers.Trainer`` (so Accelerate,
+mixed precision, DDP and logging are the Trainer's), whose loss is the cross-entropy plus the method's penalty:
+
+* ``naive``: nothing (sequential fine-tuning, the forgetting baseline);
+* ``ewc`` / ``l2sp``: the penalties of :mod:`~hf_transfer.lifelong.regularizers`;
+* ``replay``: the task's rows plus the :class:`~hf_transfer.lifelong.replay.ReplayBuffer` of earlier rows;
+* ``adapter``: a new LoRA adapter and head per task on the frozen pretrained model (PEFT multi-adapter, saved as
+  ``<task>/adapter_config.json`` ...); nothing shared trains, so nothing is forgotten, at the price of knowing the
+  task at inference.
+
+One classification head is shared by every task except with ``adapter`` (the domain-incremental setting: the tasks
+must have the same classes). The output folder holds the final model (a plain classifier, or the PEFT adapters, one
+per task), ``accuracy_matrix.json`` and ``accuracy_matrix.png``, ``metrics.json`` (average accuracy and forgetting
+after every step), ``recipe.yaml`` and a model card.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from datasets import Dataset, concatenate_datasets
+from transformers import Trainer, set_seed
+
+from ..backbones import head_parameter_names, load_classifier, load_tokenizer
+from ..data import MODEL_INPUT_KEYS
+from ..errors import DataError, RecipeError
+from ..hub import atomic_write_json, atomic_write_text, publish_folder, staging_dir, take_push_request
+from .metrics import plot_accuracy_matrix, summarize
+from .recipe import LifelongRecipe
+from .regularizers import EWC, L2SP
+from .replay import ReplayBuffer
+
+
+@dataclass
+class LifelongResult:
+    metrics: dict[str, Any]
+    matrix: np.ndarray
+    model: torch.nn.Module
+    tokenizer: Any
+    output_dir: Path
+    is_main_process: bool = True
+
+
+class PenaltyTrainer(Trainer):
+    """A Trainer whose loss is the cross-entropy plus ``penalty(model)`` (on the unwrapped model)."""
+
+    def __init__(self, *args, penalty=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.penalty = penalty
+        self.model_accepts_loss_kwargs = False
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        loss = F.cross_entropy(outputs.logits.float(), labels.long())
+        if self.penalty is not None:
+            loss = loss + self.penalty(self.accelerator.unwrap_model(model))
+        return (loss, outputs) if return_outputs else loss
+
+
+class Collator:
+    """Pad model inputs; labels as ``long``."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        features = [{k: r[k] for k in MODEL_INPUT_KEYS if k in r} for r in rows]
+        batch = dict(self.tokenizer.pad(features, padding=True, return_tensors="pt"))
+        batch["labels"] = torch.tensor([int(r["labels"]) for r in rows], dtype=torch.long)
+        return batch
+
+
+def _batches(table: Dataset, collate: Collator, batch_size: int, device, limit: int | None = None):
+    count = len(table) if limit is None else min(limit, len(table))
+    for start in range(0, count, batch_size):
+        rows = table.select(range(start, min(start + batch_size, count))).to_list()
+        yield {k: v.to(device) for k, v in collate(rows).items()}
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, table: Dataset, collate: Collator, *, batch_size: int = 64) -> float:
+    """Accuracy of ``model`` on a tokenised table with ``labels``."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for batch in _batches(table, collate, batch_size, device):
+        labels = batch.pop("labels")
+        correct += int((model(**batch).logits.argmax(-1) == labels).sum())
+    model.train(was_training)
+    return correct / len(table)
+
+
+def train_lifelong(recipe: LifelongRecipe | str | dict | None = None, **overrides: Any) -> LifelongResult:
+    """Learn a lifelong recipe's tasks in order (see the module docstring)."""
+    from transformers.trainer_utils import SaveStrategy
+
+    from ..meta.recipe import resolve_recipe
+    from ..multitask.data import load_tasks, tokenize_tasks
+
+    recipe = resolve_recipe(recipe, overrides, LifelongRecipe, key="lifelong_method", kind="lifelong")
+    recipe_yaml = recipe.to_yaml()
+    args, ll = recipe.training, recipe.lifelong
+    args.max_steps = ll.steps_per_task
+    args.save_strategy = SaveStrategy.NO  # one Trainer per task: its checkpoints would collide
+    args.remove_unused_columns = False
+    if take_push_request(args) is not None:  # also takes any hub_token out of the arguments
+        raise RecipeError("push_to_hub: lifelong runs do not push by themselves yet; push the output folder "
+                          "afterwards with `hf-transfer push OUTPUT_DIR --hub_model_id USER/NAME`")
+    if not torch.cuda.is_available():
+        args.dataloader_pin_memory = False
+    set_seed(args.seed)
+    tasks = load_tasks(recipe.tasks, seed=args.seed)
+    method = ll.lifelong_method
+    first = tasks[0]
+    if method != "adapter":
+        for i, task in enumerate(tasks[1:], start=1):
+            if task.num_labels != first.num_labels:
+                raise DataError(f"tasks[{i}].data: {task.num_labels} classes, but tasks[0] has {first.num_labels}; "
+                                f"lifelong_method: {method} shares one head, so every task needs the same classes "
+                                "(or use lifelong_method: adapter)")
+    tokenizer = load_tokenizer(recipe.model.model_name_or_path, revision=recipe.model.revision,
+                               trust_remote_code=recipe.model.trust_remote_code)
+    tokenize_tasks(tasks, tokenizer, max_length=recipe.max_length, task_ids=list(range(len(tasks))))
+    model = load_classifier(recipe.model.model_name_or_path, num_labels=first.num_labels,
+                            id2label=first.labels.id2label, revision=recipe.model.revision,
+                            trust_remote_code=recipe.model.trust_remote_code)
+    collate = Collator(tokenizer)
+    penalty, ewc, buffer = None, None, None
+    if method == "ewc":
+        ewc = EWC(weight=ll.ewc_lambda, gamma=ll.ewc_gamma, max_examples=ll.fisher_samples)
+        penalty = ewc.penalty
+    elif method == "l2sp":
+        penalty = L2SP(model, head=head_parameter_names(model), alpha=ll.l2sp_alpha, beta=ll.l2sp_beta).penalty
+    elif method == "replay":
+        buffer = ReplayBuffer(ll.replay_size, seed=args.seed)
+    peft_block = {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "lora_dropout": 0.1, **(recipe.peft or {})}
+
+    names = [t.name for t in tasks]
+    matrix = np.full((len(tasks), len(tasks)), np.nan)
+    start = time.time()
+    for i, task in enumerate(tasks):
+        if method == "adapter":
+            model = _add_adapter(model, task.name, peft_block)
+        train_rows = task.train
+        if buffer is not None and len(buffer):
+            replayed = Dataset.from_list(buffer.rows()).cast(task.train.features)
+            train_rows = concatenate_datasets([task.train, replayed])
+        trainer = PenaltyTrainer(model=model, args=args, train_dataset=train_rows, data_collator=collate,
+                                 processing_class=tokenizer, penalty=penalty)
+        trainer.train()
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        if ewc is not None:
+            ewc.consolidate(model, _batches(task.train.shuffle(seed=args.seed), collate,
+                                            args.per_device_eval_batch_size, args.device, limit=ll.fisher_samples))
+        if buffer is not None:
+            buffer.add_task(task.name, task.train.to_list())
+        for j, other in enumerate(tasks):
+            if j > i and (not ll.eval_future_tasks or method == "adapter"):
+                continue  # an adapter for a task not seen yet does not exist
+            if method == "adapter":
+                model.set_adapter(other.name)
+            matrix[i, j] = accuracy(model, other.eval, collate, batch_size=args.per_device_eval_batch_size)
+        if method == "adapter":
+            model.set_adapter(task.name)
+        if trainer.is_world_process_zero():
+            seen = summarize(matrix[: i + 1])
+            print(f"hf-transfer: lifelong {method} after {task.name} ({i + 1}/{len(tasks)}): average accuracy "
+                  f"{seen['average_accuracy']:.4f}, forgetting {seen['forgetting']:.4f}")
+    summary = summarize(matrix)
+    metrics: dict[str, Any] = {"lifelong_method": method, "train_runtime": time.time() - start,
+                               "steps_per_task": ll.steps_per_task, **summary}
+    for j, name in enumerate(names):
+        metrics[f"{name}/final_accuracy"] = float(matrix[-1, j])
+    output_dir = Path(args.output_dir)
+    if trainer.is_world_process_zero():
+        stage = staging_dir(output_dir)
+        model.save_pretrained(stage)
+        tokenizer.save_pretrained(stage)
+        atomic_write_json(stage / "accuracy_matrix.json",
+                          {"tasks": names, "matrix": [[None if np.isnan(v) else float(v) for v in row]
+                                                      for row in matrix]})
+        plot_accuracy_matrix(matrix, names, stage / "accuracy_matrix.png", title=method)
+        atomic_write_json(stage / "metrics.json", metrics)
+        atomic_write_text(stage / "recipe.yaml", recipe_yaml)
+        atomic_write_text(stage / "README.md", lifelong_card(recipe, metrics, names, recipe_yaml))
+        publish_folder(stage, output_dir)
+    trainer.accelerator.wait_for_everyone()
+    return LifelongResult(metrics, matrix, model, tokenizer, output_dir, trainer.is_world_process_zero())
+
+
+def _add_adapter(model, name: str, block: dict[str, Any]):
+    """A new LoRA adapter (and its own copy of the head) named ``name``, made the one that trains."""
+    from peft import PeftModel, get_peft_config, get_peft_model
+
+    from ..backbones import head_module_names
+
+    values = {**block, "task_type": "SEQ_CLS"}
+    values["modules_to_save"] = sorted(set(values.get("modules_to_save") or []) | set(head_module_names(model)))
+    config = get_peft_config(values)
+    if not isinstance(model, PeftModel):
+        return get_peft_model(model, config, adapter_name=name)
+    model.add_adapter(name, config)
+    model.set_adapter(name)
+    return model
+
+
+def lifelong_card(recipe: LifelongRecipe, metrics: dict[str, Any], names: list[str], recipe_yaml: str) -> str:
+    base = recipe.model.model_name_or_path
+    method = recipe.lifelong.lifelong_method
+    steps = metrics["average_accuracy_per_step"], metrics["forgetting_per_step"]
+    rows = "\n".join(f"| {i + 1} | {n} | {a:.4f} | {f:.4f} |" for i, (n, a, f) in enumerate(zip(names, *steps)))
+    use = ("a set of PEFT adapters, one per task (with its own head) in `<task>/`: "
+           "`AutoPeftModelForSequenceClassification.from_pretrained(\"folder/<task>\")`" if method == "adapter" else
+           "a plain classifier: `pipeline(\"text-classification\", model=folder)`")
+    return f"""---
+library_name: {"peft" if method == "adapter" else "transformers"}
+base_model: {base}
+pipeline_tag: text-classification
+tags: [hf-transfer, lifelong-learning, continual-learning, lifelong-{method}]
+---
+
+# {base.split('/')[-1]} learned on {len(names)} tasks in sequence ({method})
+
+Trained with hf-transfer on {", ".join(names)}, in that order, {recipe.lifelong.steps_per_task} steps each. It is
+{use}.
+
+| step | task learned | average accuracy so far | forgetting |
+|---|---|---|---|
+{rows}
+
+Final average accuracy {metrics['average_accuracy']:.4f}, forgetting {metrics['forgetting']:.4f}, backward transfer
+{metrics['backward_transfer']:.4f}. The accuracy matrix is in `accuracy_matrix.json` / `accuracy_matrix.png`.
+
+## Recipe
+
+```yaml
+{recipe_yaml.strip()}
+```
+"""

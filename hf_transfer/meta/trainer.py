@@ -1,0 +1,324 @@
+"""``train_meta``: meta-train an encoder on episodes from a recipe's tasks, evaluate it few-shot on held-out tasks,
+and save it as a plain encoder.
+
+The outer loop runs under Accelerate: every process draws its own episode for a step
+(:meth:`~hf_transfer.meta.episodes.EpisodeSampler.for_process`), computes the episode's meta-gradient into ``.grad``
+(by backpropagation for protonet and hypernet, by the inner loop for FOMAML and Reptile), the gradients are averaged
+across processes, and one optimiser step follows. The model is not wrapped in DDP: the inner loop updates the
+parameters in place, and an explicit all-reduce of the final meta-gradient is what DDP would do, once per step.
+
+The output folder holds the encoder as an ordinary ``AutoModel`` (LoRA merged in) with its tokenizer, so
+``AutoModel.from_pretrained`` or sentence-transformers-style mean pooling uses it without hf_transfer;
+``meta_config.json`` says how hf_transfer adapts it (:func:`load_meta_learner`), ``hypernet.safetensors`` holds the
+hypernetwork head, and ``metrics.json``, ``recipe.yaml`` and a model card sit beside them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..backbones import load_tokenizer, resolve_model_path
+from ..errors import RecipeError, UserError
+from ..hub import atomic_write_json, atomic_write_text, publish_folder, staging_dir, take_push_request
+from .evaluation import RowPool, evaluate_few_shot
+from .hypernet import HyperHead
+from .learner import ADAPT_METHODS, DEFAULT_ADAPT, EpisodicLearner, LearnerConfig
+from .protonet import Embedder
+from .recipe import MetaRecipe, resolve_recipe
+
+META_CONFIG = "meta_config.json"
+HYPERNET_WEIGHTS = "hypernet.safetensors"
+
+
+@dataclass
+class MetaResult:
+    metrics: dict[str, Any]
+    learner: EpisodicLearner
+    tokenizer: Any
+    output_dir: Path
+    is_main_process: bool = True
+
+
+def learner_config(meta) -> LearnerConfig:
+    """The :class:`LearnerConfig` of a recipe's meta fields."""
+    names = {f.name for f in dataclasses.fields(LearnerConfig)}
+    return LearnerConfig(**{k: v for k, v in dataclasses.asdict(meta).items() if k in names})
+
+
+def load_encoder(name_or_path: str, *, peft: dict[str, Any] | None = None, revision: str | None = None,
+                 trust_remote_code: bool = False):
+    """An ``AutoModel`` encoder (a packaged copy for known Hub ids), wrapped with LoRA when ``peft`` is given."""
+    from transformers import AutoModel
+
+    from ..backbones import _load_error
+
+    try:
+        encoder = AutoModel.from_pretrained(resolve_model_path(name_or_path), revision=revision,
+                                            trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise _load_error(name_or_path, err) from None
+    encoder.config._name_or_path = name_or_path
+    if peft:
+        from peft import get_peft_config, get_peft_model
+
+        block = {**peft, "task_type": "FEATURE_EXTRACTION"}
+        encoder = get_peft_model(encoder, get_peft_config(block))
+    return encoder
+
+
+def load_meta_learner(path: str, **overrides: Any) -> tuple[EpisodicLearner, Any]:
+    """A folder written by :func:`train_meta` (its ``meta_config.json``), or any encoder (folder or Hub id; a
+    classifier folder's encoder is used, its head dropped) with default settings. ``overrides`` set
+    :class:`LearnerConfig` fields (``meta_method``, ``distance`` ...)."""
+    config_file = Path(path) / META_CONFIG
+    saved = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    pooling = saved.pop("pooling", "mean")
+    names = {f.name for f in dataclasses.fields(LearnerConfig)}
+    unknown = set(overrides) - names
+    if unknown:
+        raise UserError(f"{sorted(unknown)[0]}: not a few-shot setting; choose from {', '.join(sorted(names))}")
+    config = LearnerConfig(**{**{k: v for k, v in saved.items() if k in names}, **overrides})
+    if (Path(path) / "adapter_config.json").is_file():
+        raise UserError(f"model: {path!r} is a PEFT adapter; few-shot evaluation needs a full model or encoder "
+                        "folder (export with merge_adapter: true)")
+    encoder = load_encoder(path)
+    hyperhead = None
+    if (Path(path) / HYPERNET_WEIGHTS).is_file():
+        from safetensors.torch import load_file
+
+        state = load_file(str(Path(path) / HYPERNET_WEIGHTS))
+        hyperhead = HyperHead(hidden_size=encoder.config.hidden_size, inner_size=state["net.0.weight"].shape[0])
+        hyperhead.load_state_dict(state)
+    learner = EpisodicLearner(Embedder(encoder, pooling=pooling), config, hyperhead=hyperhead)
+    return learner.eval(), load_tokenizer(path)
+
+
+def _pools(tasks, tokenizer, device) -> tuple[list[RowPool], list[np.ndarray]]:
+    pools, labels = [], []
+    for task in tasks:
+        pools.append(RowPool(task.train.to_list(), tokenizer, device))
+        labels.append(np.asarray(task.train["labels"], dtype=np.int64))
+    return pools, labels
+
+
+def train_meta(recipe: MetaRecipe | str | os.PathLike | dict | None = None, **overrides: Any) -> MetaResult:
+    """Meta-train a recipe with ``meta_method`` end to end (see the module docstring)."""
+    from accelerate import Accelerator
+    from transformers import get_scheduler, set_seed
+
+    from ..multitask.data import load_tasks, tokenize_tasks
+    from .episodes import EpisodeSampler
+
+    recipe = resolve_recipe(recipe, overrides, MetaRecipe, key="meta_method", kind="meta-learning")
+    recipe_yaml = recipe.to_yaml()
+    args, meta = recipe.training, recipe.meta
+    if take_push_request(args) is not None:  # also takes any hub_token out of the arguments
+        raise RecipeError("push_to_hub: meta-learning runs do not push by themselves yet; push the output folder "
+                          "afterwards with `hf-transfer push OUTPUT_DIR --hub_model_id USER/NAME`")
+    set_seed(args.seed)
+    tasks = load_tasks(recipe.tasks, seed=args.seed)
+    test_tasks = load_tasks(recipe.test_tasks, seed=args.seed)
+    accelerator = Accelerator(cpu=args.use_cpu or not torch.cuda.is_available())
+    tokenizer = load_tokenizer(recipe.model.model_name_or_path, revision=recipe.model.revision,
+                               trust_remote_code=recipe.model.trust_remote_code)
+    everything = tasks + test_tasks
+    tokenize_tasks(everything, tokenizer, max_length=recipe.max_length, task_ids=list(range(len(everything))))
+    encoder = load_encoder(recipe.model.model_name_or_path, peft=recipe.peft, revision=recipe.model.revision,
+                           trust_remote_code=recipe.model.trust_remote_code)
+    learner = EpisodicLearner(Embedder(encoder, pooling=meta.pooling), learner_config(meta)).to(accelerator.device)
+    pools, labels = _pools(tasks, tokenizer, accelerator.device)
+    try:
+        sampler = EpisodeSampler(labels, n_way=meta.n_way, k_shot=meta.k_shot, n_query=meta.n_query, seed=args.seed)
+    except ValueError as err:
+        raise UserError(f"k_shot/n_query: {err}") from None
+
+    params = learner.meta_parameters()
+    if meta.meta_method == "reptile":
+        # Reptile's outer step theta <- theta + eps (phi - theta) is SGD on the delta with lr eps.
+        optimizer = torch.optim.SGD(params, lr=args.learning_rate)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
+    steps = args.max_steps if args.max_steps > 0 else 100
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.get_warmup_steps(steps),
+                              num_training_steps=steps)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    learner.train()
+    start, losses, log = time.time(), [], []
+    for step in range(steps):
+        ep = sampler.for_process(step, process_index=rank, num_processes=world)
+        pool = pools[ep.task]
+        optimizer.zero_grad(set_to_none=True)
+        loss = learner.meta_step(pool.batch(ep.support), torch.as_tensor(ep.support_labels, device=pool.device),
+                                 pool.batch(ep.query), torch.as_tensor(ep.query_labels, device=pool.device),
+                                 ep.n_way)
+        if world > 1:
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.SUM)
+                p.grad /= world
+        if args.max_grad_norm and meta.meta_method != "reptile":
+            torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss)
+        if args.logging_steps and (step + 1) % int(args.logging_steps) == 0 and accelerator.is_main_process:
+            entry = {"step": step + 1, "loss": float(np.mean(losses[-int(args.logging_steps):]))}
+            log.append(entry)
+            print(f"hf-transfer: meta step {entry['step']}/{steps} loss {entry['loss']:.4f}")
+    if world > 1:
+        # Every process must end with the same weights (same start, same averaged meta-gradients); a mismatch would
+        # mean a process skipped an all-reduce, so fail loudly instead of saving one process's model.
+        checksum = torch.stack([p.detach().double().sum() for p in params]).sum().reshape(1)
+        sums = accelerator.gather(checksum)
+        if not torch.allclose(sums, sums[0].expand_as(sums), rtol=1e-6):
+            raise RuntimeError(f"meta-training: the processes' weights diverged (checksums {sums.tolist()})")
+    metrics: dict[str, Any] = {"train_runtime": time.time() - start, "train_steps": steps,
+                               "train_loss": float(np.mean(losses)) if losses else math.nan,
+                               "meta_method": meta.meta_method}
+    learner.eval()
+    if accelerator.is_main_process and meta.eval_shots:  # eval_shots: [] skips the few-shot evaluation
+        adapt = meta.eval_adapt or DEFAULT_ADAPT[meta.meta_method]
+        metrics.update(few_shot_metrics(learner, test_tasks or tasks, tokenizer, meta, adapt=adapt, seed=args.seed,
+                                        held_out=bool(test_tasks)))
+    if accelerator.is_main_process:
+        save_meta(learner, tokenizer, recipe, metrics, Path(args.output_dir), recipe_yaml=recipe_yaml, log=log)
+    accelerator.wait_for_everyone()
+    return MetaResult(metrics, learner, tokenizer, Path(args.output_dir), accelerator.is_main_process)
+
+
+def few_shot_metrics(learner: EpisodicLearner, tasks, tokenizer, meta, *, adapt: str, seed: int,
+                     held_out: bool) -> dict[str, float]:
+    """``<task>/<K>shot_accuracy`` and ``_ci95`` per task and K, and their means over tasks. Shots come from a task's
+    training rows; queries from its evaluation rows."""
+    device = next(learner.parameters()).device
+    out: dict[str, float] = {"eval_adapt": adapt, "eval_tasks_held_out": held_out}
+    for k in meta.eval_shots:
+        means = []
+        for task in tasks:
+            support = RowPool(task.train.to_list(), tokenizer, device)
+            query = RowPool(task.eval.to_list(), tokenizer, device)
+            result = evaluate_few_shot(learner, support, np.asarray(task.train["labels"], dtype=np.int64), shots=k,
+                                       adapt=adapt, episodes=meta.eval_episodes, n_query=meta.eval_n_query,
+                                       n_way=meta.n_way, query=query,
+                                       query_labels=np.asarray(task.eval["labels"], dtype=np.int64), seed=seed)
+            out[f"{task.name}/{k}shot_accuracy"] = result.mean
+            out[f"{task.name}/{k}shot_ci95"] = result.ci95
+            means.append(result.mean)
+        out[f"{k}shot_mean_accuracy"] = float(np.mean(means))
+    return out
+
+
+def save_meta(learner: EpisodicLearner, tokenizer, recipe: MetaRecipe, metrics: dict[str, Any], output_dir: Path, *,
+              recipe_yaml: str, log: list[dict]) -> None:
+    """Write the encoder (LoRA merged), tokenizer, meta_config.json, hypernet weights, metrics, recipe and card."""
+    encoder = learner.embedder.encoder
+    if hasattr(encoder, "merge_and_unload"):
+        import copy
+
+        encoder = copy.deepcopy(encoder).merge_and_unload()
+    stage = staging_dir(output_dir)
+    encoder.save_pretrained(stage)
+    tokenizer.save_pretrained(stage)
+    config = {**dataclasses.asdict(learner.config), "pooling": learner.embedder.pooling}
+    atomic_write_json(stage / META_CONFIG, config)
+    if learner.hyperhead is not None:
+        from safetensors.torch import save_file
+
+        state = {k: v.contiguous() for k, v in learner.hyperhead.state_dict().items()}
+        save_file(state, str(stage / HYPERNET_WEIGHTS))
+    atomic_write_json(stage / "metrics.json", metrics)
+    atomic_write_json(stage / "log_history.json", log)
+    atomic_write_text(stage / "recipe.yaml", recipe_yaml)
+    atomic_write_text(stage / "README.md", meta_card(recipe, metrics, recipe_yaml))
+    publish_folder(stage, output_dir)
+
+
+def meta_card(recipe: MetaRecipe, metrics: dict[str, Any], recipe_yaml: str) -> str:
+    base = recipe.model.model_name_or_path
+    rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items())
+    return f"""---
+library_name: transformers
+base_model: {base}
+pipeline_tag: feature-extraction
+tags: [hf-transfer, meta-learning, few-shot, meta-{recipe.meta.meta_method}]
+---
+
+# {base.split('/')[-1]} meta-trained for few-shot classification ({recipe.meta.meta_method})
+
+A [`{base}`](https://huggingface.co/{base}) encoder meta-trained with **{recipe.meta.meta_method}** on episodes of
+{len(recipe.tasks)} tasks. It is a plain `AutoModel`: embed texts by {recipe.meta.pooling} pooling of the last hidden
+states. With hf-transfer, adapt it to a new task from K labelled rows per class:
+
+```bash
+hf-transfer evaluate path/to/this/folder --data new_task.jsonl --shots 8
+```
+
+## Few-shot results (mean accuracy and 95% interval half width over episodes)
+
+| metric | value |
+|---|---|
+{rows}
+
+## Recipe
+
+```yaml
+{recipe_yaml.strip()}
+```
+"""
+
+
+def few_shot_evaluate(model: str, data: str, *, shots: int, episodes: int = 20, n_query: int = 16,
+                      n_way: int | None = None, adapt: str | None = None, query_data: str | None = None,
+                      split: str = "train", query_split: str = "train", text_column: str = "text",
+                      label_column: str = "label", max_length: int = 256, seed: int = 0,
+                      **settings: Any) -> dict[str, Any]:
+    """``hf-transfer evaluate MODEL --data FILE --shots K``: adapt ``model`` on K labelled rows per class of
+    ``data`` and score query rows (from ``query_data`` when given, else the rest of ``data``), over ``episodes``
+    seeded episodes. ``model`` is a :func:`train_meta` folder (adapts with its own method by default) or any encoder
+    or classifier (fine-tunes by default). ``settings`` are :class:`LearnerConfig` fields (``finetune_steps`` ...).
+
+    Returns ``{"accuracy", "ci95", "accuracies", "shots", "episodes", "adapt", ...}``.
+    """
+    from ..data import encode_labels, infer_label_space, load_table, require_column, tokenize
+
+    meta_folder = (Path(model) / META_CONFIG).is_file()
+    learner, tokenizer = load_meta_learner(model, **settings)
+    adapt = adapt or (DEFAULT_ADAPT[learner.config.meta_method] if meta_folder else "finetune")
+    if adapt not in ADAPT_METHODS:
+        from ..errors import unknown_choice
+
+        raise unknown_choice("adapt", adapt, ADAPT_METHODS)
+
+    def table(spec: str, field: str, table_split: str, space=None):
+        rows = load_table(spec, field=field, split=table_split)
+        for option, column in (("text_column", text_column), ("label_column", label_column)):
+            require_column(rows, column, field=field, spec=spec, option=option)
+        space = space or infer_label_space(rows, label_column, num_labels=None, field=field, spec=spec)
+        rows = encode_labels(rows, label_column, space, field=field, spec=spec)
+        rows = tokenize(rows, tokenizer, text_column=text_column, text_pair_column=None, max_length=max_length)
+        return rows, space
+
+    support, space = table(data, "data", split)
+    query = table(query_data, "query_data", query_split, space)[0] if query_data else None
+    device = next(learner.parameters()).device
+    try:
+        result = evaluate_few_shot(
+            learner, RowPool(support.to_list(), tokenizer, device), support["labels"], shots=shots, adapt=adapt,
+            episodes=episodes, n_query=n_query, n_way=n_way,
+            query=None if query is None else RowPool(query.to_list(), tokenizer, device),
+            query_labels=None if query is None else query["labels"], seed=seed)
+    except ValueError as err:
+        raise UserError(f"shots: {err}") from None
+    return {**result.to_dict(), "n_way": n_way or space.num_labels, "n_query": n_query, "model": model,
+            "data": data, "query_data": query_data}
