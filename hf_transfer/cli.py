@@ -16,7 +16,7 @@ hf-transfer train [RECIPE.yaml] [--field value ...]
           --output_dir out --max_steps 150
       hf-transfer train recipes/text_classification/lora.yaml --peft.r 16
       accelerate launch --config_file recipes/accelerate/multi_cpu.yaml -m hf_transfer train RECIPE.yaml
-hf-transfer evaluate MODEL_DIR --data FILE [--text_column text] [--label_column label]
+hf-transfer evaluate MODEL_DIR --data FILE [--text_column text | --image_column image] [--label_column label]
 hf-transfer evaluate MODEL --data FILE --shots K [--episodes 20] [--query_data TEST_FILE] [--adapt finetune]
     Few-shot: adapt on K labelled rows per class, accuracy mean and 95% interval over episodes
     (docs/meta_lifelong.md).
@@ -81,6 +81,8 @@ def _evaluate(argv: list[str]) -> int:
     parser.add_argument("--data", required=True, help="labelled file, folder or Hub dataset id")
     parser.add_argument("--split", default="train")
     parser.add_argument("--text_column", default="text")
+    parser.add_argument("--image_column", help="evaluate an image classifier on this column (docs/vision.md)")
+    parser.add_argument("--config", help="dataset config; for a .npz, the key prefix (mnist reads mnist_x/mnist_y)")
     parser.add_argument("--label_column", default="label")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--max_length", type=int, default=256)
@@ -109,7 +111,8 @@ def _evaluate(argv: list[str]) -> int:
         print(json.dumps(metrics, indent=2))
         return 0
     metrics = evaluate(a.model_dir, a.data, text_column=a.text_column, label_column=a.label_column, split=a.split,
-                       batch_size=a.batch_size, max_length=a.max_length)
+                       batch_size=a.batch_size, max_length=a.max_length, image_column=a.image_column,
+                       config=a.config)
     print(json.dumps(metrics, indent=2))
     return 0
 

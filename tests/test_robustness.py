@@ -159,7 +159,7 @@ def test_kill_9_then_resume_latest_reproduces_the_uninterrupted_run(tiny_recipe,
 
     # DANN: a method with its own parameters (the discriminator) and dropout, so the method state and the RNG
     # states must both come back for the resumed run to match bit for bit.
-    recipe = {**tiny_recipe, "method": ["dann"], "max_steps": 8, "save_strategy": "steps", "save_steps": 2,
+    recipe = {**tiny_recipe, "method": ["dann"], "max_steps": 12, "save_strategy": "steps", "save_steps": 2,
               "logging_steps": 1}
     whole = hf_transfer.train({**recipe, "output_dir": str(tmp_path / "whole")})
 
@@ -169,13 +169,14 @@ def test_kill_9_then_resume_latest_reproduces_the_uninterrupted_run(tiny_recipe,
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **one_thread}
     proc = subprocess.Popen([sys.executable, "-m", "hf_transfer", "train", str(path)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    # Kill at a random moment after the first complete checkpoint (possibly while a later one is being written).
+    # Kill at a random step: as soon as checkpoint-k is complete, k drawn from 2, 4, 6 (of 12 steps), so the
+    # process dies in the middle of the following steps (or while writing the next checkpoint).
+    k = random.Random(os.getpid()).choice([2, 4, 6])
     deadline = time.time() + 600
-    while not (killed_dir / "checkpoint-2" / "trainer_state.json").exists():
+    while not (killed_dir / f"checkpoint-{k}" / "trainer_state.json").exists():
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         assert time.time() < deadline, "no checkpoint within 10 minutes"
-        time.sleep(0.05)
-    time.sleep(random.Random(os.getpid()).uniform(0.0, 1.0))
+        time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed_dir / "config.json").exists()  # no exported model: the run never finished
@@ -184,7 +185,7 @@ def test_kill_9_then_resume_latest_reproduces_the_uninterrupted_run(tiny_recipe,
     (killed_dir / "checkpoint-99" / "model.safetensors").write_bytes(b"half-written")
 
     resumed = hf_transfer.train({**recipe, "output_dir": str(killed_dir), "resume_from_checkpoint": "latest"})
-    assert resumed.trainer.state.global_step == 8
+    assert resumed.trainer.state.global_step == 12
     # the discriminator's gradients are cleared after each step like the model's (the Trainer alone would not)
     assert all(p.grad is None for p in resumed.trainer.method_stack.parameters())
     final_whole = load_file(str(tmp_path / "whole" / "model.safetensors"))

@@ -47,7 +47,8 @@ class InstanceWeightingConfig(MethodConfig):
         default="mean",
         metadata={
             "help": "Which features the estimator sees: 'mean' (mean-pooled last hidden state of the pretrained "
-            "backbone, the sentence-embedding view) or 'head_input' (what the classifier head receives)."
+            "backbone, the sentence-embedding view) or 'head_input' (what the classifier head receives). "
+            "Images always use 'head_input'."
         },
     )
     feature_batch_size: int = field(default=64, metadata={"help": "Batch size of the frozen feature pass."})
@@ -75,17 +76,23 @@ class InstanceWeightingConfig(MethodConfig):
             raise RecipeError(f"instance_weighting.feature_batch_size: must be > 0, got {self.feature_batch_size}")
 
 
+# What a collated batch passes to the model (an image column becomes ``pixel_values`` in the collator).
+FORWARD_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
+
+
 @torch.no_grad()
 def embed(model, dataset, collator, *, kind: str, batch_size: int, device, desc: str) -> np.ndarray:
     """Frozen features of every row of a tokenised dataset, shape ``(n, d)``, in dataset order."""
     from ..backbones import FeatureTap, _unwrap, backbone_prefix, find_feature_module
+    from ..data import MODEL_INPUT_KEYS
 
     was_training = model.training
     model.eval()
-    columns = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in dataset.column_names]
+    columns = [c for c in MODEL_INPUT_KEYS if c in dataset.column_names]
     loader = DataLoader(dataset.select_columns(columns), batch_size=batch_size, collate_fn=collator)
     tap = None
-    if kind == "head_input":
+    # Images have no token mask to mean-pool over: their feature is always what the head receives.
+    if kind == "head_input" or "input_ids" not in columns:
         _, module = find_feature_module(model, model.config.num_labels)
         tap = FeatureTap(module)
     inner = _unwrap(model)
@@ -93,7 +100,7 @@ def embed(model, dataset, collator, *, kind: str, batch_size: int, device, desc:
     chunks = []
     try:
         for batch in tqdm(loader, desc=desc, leave=False):
-            batch = {k: v.to(device) for k, v in batch.items() if k in columns}
+            batch = {k: v.to(device) for k, v in batch.items() if k in FORWARD_INPUTS}
             if tap is not None:
                 model(**batch)
                 chunks.append(tap.pop().float().cpu())

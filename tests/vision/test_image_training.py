@@ -34,6 +34,18 @@ def test_finetune_tiny_vit_exports_a_pipeline_model(tiny_vit_dir, image_recipe):
                                    config="usps")
     assert metrics["num_examples"] == 40
     assert metrics["accuracy"] == pytest.approx(result.metrics["target_accuracy"])
+    # and the same from the command line
+    import contextlib
+    import io
+    import json
+
+    from hf_transfer.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["evaluate", str(result.output_dir), "--data", image_recipe["target_data"], "--image_column",
+                     "image", "--config", "usps"]) == 0
+    assert json.loads(out.getvalue())["accuracy"] == pytest.approx(metrics["accuracy"])
 
 
 def test_linear_probe_trains_only_the_head_and_keeps_batchnorm_statistics(tiny_resnet_dir, image_recipe):
@@ -97,6 +109,21 @@ def test_lora_on_tiny_vit_saves_an_adapter_and_a_merged_pipeline_model(tiny_vit_
     trainable = {n for n, p in result.model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n or "classifier" in n for n in trainable)
     assert len(_pipeline_predicts(str(out / "merged"))) == 10
+
+
+def test_instance_weighting_on_images_weights_each_source_image_by_its_head_features(tiny_vit_dir, image_recipe):
+    from hf_transfer.methods.instance_weighting import WEIGHTS_FILE, embed
+
+    result = hf_transfer.train({**image_recipe, "model_name_or_path": tiny_vit_dir, "method": "instance_weighting",
+                                "instance_weighting.estimator": "nearest_neighbors"})
+    weights = np.load(result.output_dir / WEIGHTS_FILE)
+    train = result.trainer.train_dataset
+    assert len(weights) == len(train) and weights.mean() == pytest.approx(1, abs=1e-4)
+    np.testing.assert_allclose(train["sample_weight"], weights, rtol=1e-6)
+    # the features weighed are the head inputs of the images (a mean-pool over tokens does not apply to images)
+    features = embed(result.model, train.select(range(4)), result.trainer.data_collator, kind="mean",
+                     batch_size=4, device="cpu", desc="test")
+    assert features.shape == (4, result.model.config.hidden_size)
 
 
 def test_hidden_layer_is_refused_for_models_without_it(tiny_vit_dir, image_recipe):
