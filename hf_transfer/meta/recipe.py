@@ -22,15 +22,21 @@ shared parser of recipes made of task lists (the lifelong recipes use it too).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
 from ..errors import RecipeError, unknown_choice
-from ..multitask.recipe import NOT_WITH_TASKS, MultiTaskRecipe, TaskSpec, parse_family_fields, parse_tasks
-from ..recipe import Recipe, _merge_dotted, _plain
+from ..multitask.recipe import (
+    NOT_WITH_TASKS,
+    MultiTaskRecipe,
+    TaskSpec,
+    flat_task_recipe,
+    parse_family_fields,
+    parse_tasks,
+)
+from ..recipe import Recipe, _merge_dotted
 from .learner import ADAPT_METHODS, META_METHODS
 from .maml import HEAD_INITS, INNER_PARAMS
 from .protonet import DISTANCES, POOLINGS
@@ -122,20 +128,7 @@ class TaskListRecipe:
 
     def to_dict(self) -> dict[str, Any]:
         """The flat recipe, as ``hf-transfer train`` reads it back. Tokens are never included."""
-        m = self.base.model
-        out: dict[str, Any] = {"model_name_or_path": m.model_name_or_path, "revision": m.revision,
-                               "trust_remote_code": m.trust_remote_code, "max_length": self.max_length}
-        out.update(dataclasses.asdict(self.args))
-        if self.base.peft:
-            out["peft"] = dict(self.base.peft)
-        for name, tasks in self.task_lists.items():
-            if tasks:
-                out[name] = [{k: v for k, v in dataclasses.asdict(t).items() if v is not None} for t in tasks]
-        base = self.base.to_dict()
-        for name in self.base.training_fields:
-            if name in base:
-                out[name] = _plain(base[name])
-        return out
+        return flat_task_recipe(self.base, self.args, self.task_lists)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)

@@ -170,25 +170,30 @@ class MultiTaskRecipe:
 
     def to_dict(self) -> dict[str, Any]:
         """The flat recipe, as ``hf-transfer train`` reads it back. Tokens are never included."""
-        m = self.base.model
-        out: dict[str, Any] = {
-            "model_name_or_path": m.model_name_or_path,
-            "revision": m.revision,
-            "trust_remote_code": m.trust_remote_code,
-            "max_length": self.max_length,
-        }
-        out.update(dataclasses.asdict(self.multitask))
-        if self.base.peft:
-            out["peft"] = dict(self.base.peft)
-        out["tasks"] = [{k: v for k, v in dataclasses.asdict(t).items() if v is not None} for t in self.tasks]
-        base = self.base.to_dict()
-        for name in self.base.training_fields:
-            if name in base:
-                out[name] = _plain(base[name])
-        return out
+        return flat_task_recipe(self.base, self.multitask, {"tasks": self.tasks})
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+def flat_task_recipe(base: Recipe, family_args: Any, task_lists: dict[str, list[TaskSpec]]) -> dict[str, Any]:
+    """The flat form of a recipe made of task lists (multi-task, meta-learning, lifelong): the model fields, the
+    family's own arguments, ``peft:``, each non-empty task list, then the training fields. Tokens are never
+    included (``Recipe.to_dict`` leaves them out)."""
+    m = base.model
+    out: dict[str, Any] = {"model_name_or_path": m.model_name_or_path, "revision": m.revision,
+                           "trust_remote_code": m.trust_remote_code, "max_length": base.data.max_length}
+    out.update(dataclasses.asdict(family_args))
+    if base.peft:
+        out["peft"] = dict(base.peft)
+    for name, tasks in task_lists.items():
+        if tasks:
+            out[name] = [{k: v for k, v in dataclasses.asdict(t).items() if v is not None} for t in tasks]
+    flat = base.to_dict()
+    for name in base.training_fields:
+        if name in flat:
+            out[name] = _plain(flat[name])
+    return out
 
 
 def parse_family_fields(raw: dict[str, Any], args_class: type, *, kind: str, also_known: set[str], doc: str):
