@@ -22,9 +22,14 @@ hf-transfer evaluate MODEL --data FILE --shots K [--episodes 20] [--query_data T
     (docs/meta_lifelong.md).
 hf-transfer push MODEL_DIR --hub_model_id USER/NAME [--private]
 hf-transfer diagnose --source A [B ...] --target T [--models M1 M2 ...] --output DIR [--trained_model MODEL_DIR]
+        [--streaming]
     Domain gap, transferability ranking, learning curve and a recommended method: report.html,
     diagnostics.json and PNGs in DIR (docs/diagnostics.md).
 hf-transfer methods
+hf-transfer check-launch --config_file ACCELERATE.yaml [RECIPE.yaml] [--num_processes N] [--mixed_precision M]
+                         [--assume_gpus N] [--field value ...]
+    Dry-run an `accelerate launch` config (DDP, FSDP, DeepSpeed) against the recipe and its model, without
+    training: each problem names its field and the fix (exit 2), else what would run (docs/distributed.md).
 """
 
 
@@ -150,12 +155,15 @@ def _diagnose(argv: list[str]) -> int:
     parser.add_argument("--max_length", type=int, default=128)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--streaming", action="store_true",
+                        help="read the datasets as streams and sample them through a bounded shuffle buffer "
+                             "(for data too large to load; docs/streaming.md)")
     a = parser.parse_args(argv)
     report = diagnose(a.source, a.target, models=a.models, output_dir=a.output, trained_model=a.trained_model,
                       max_samples=a.max_samples, text_column=a.text_column, label_column=a.label_column,
                       use_target_labels=not a.unlabeled_target, target_labeled_rows=a.target_labeled_rows,
                       target_accuracy=a.target_accuracy, num_permutations=a.num_permutations,
-                      max_length=a.max_length, batch_size=a.batch_size, seed=a.seed)
+                      max_length=a.max_length, batch_size=a.batch_size, seed=a.seed, streaming=a.streaming)
     print(report.advice.table())
     print(f"hf-transfer: report.html, diagnostics.json and {len(report.images)} PNGs written to {a.output}")
     return 0
@@ -168,7 +176,42 @@ def _methods(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "evaluate": _evaluate, "push": _push, "diagnose": _diagnose, "methods": _methods}
+def _check_launch(argv: list[str]) -> int:
+    """``check-launch``: its own options anywhere, then an optional recipe and recipe overrides."""
+    from .errors import RecipeError
+    from .launch_check import Machine, check_launch
+
+    options = {"config_file": None, "num_processes": None, "mixed_precision": None, "assume_gpus": None}
+    rest: list[str] = []
+    tokens = iter(argv)
+    for token in tokens:
+        name, eq, value = token[2:].partition("=") if token.startswith("--") else ("", "", "")
+        if name not in options:
+            rest.append(token)
+            continue
+        value = value if eq else next(tokens, None)
+        if value is None or value.startswith("--"):
+            raise RecipeError(f"{name}: needs a value")
+        options[name] = value
+    if options["config_file"] is None:
+        raise RecipeError("config_file: required; pass --config_file recipes/accelerate/<engine>.yaml")
+    counts = {}
+    for name in ("num_processes", "assume_gpus"):
+        if options[name] is not None:
+            try:
+                counts[name] = int(options[name])
+            except ValueError:
+                raise RecipeError(f"{name}: expected an integer, got {options[name]!r}") from None
+    recipe = rest.pop(0) if rest and not rest[0].startswith("--") else None
+    machine = Machine.assumed(counts["assume_gpus"]) if "assume_gpus" in counts else None
+    plan = check_launch(options["config_file"], recipe, _overrides(rest), machine=machine,
+                        num_processes=counts.get("num_processes"), mixed_precision=options["mixed_precision"])
+    print(plan.summary())
+    return 0
+
+
+COMMANDS = {"train": _train, "evaluate": _evaluate, "push": _push, "diagnose": _diagnose, "methods": _methods,
+            "check-launch": _check_launch}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[command](rest)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        for problem in getattr(err, "problems", None) or [str(err)]:  # a LaunchConfigError holds several
+            print(f"error: {problem}", file=sys.stderr)
         return 2
 
 

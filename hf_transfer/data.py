@@ -3,11 +3,19 @@
 Every dataset goes through ``datasets.load_dataset`` (files, folders and Hub ids alike), so tokenisation is cached
 by fingerprint. All checks happen here, before a model is loaded or a step is taken, and fail with a
 :class:`~hf_transfer.errors.DataError` that names the recipe field, the file and the fix.
+
+With ``streaming: true`` (docs/streaming.md) the source and target are ``datasets.IterableDataset`` streams instead:
+the checks run on a bounded sample (the first ``streaming_sample_size`` rows) before training, and on every other row
+lazily, as it is read; :class:`StreamingTrainSet` turns the tokenised streams into the endless, seeded, paired rows
+the Trainer consumes.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +23,7 @@ from typing import Any
 import datasets
 import numpy as np
 import torch
-from datasets import ClassLabel, Dataset, Value, concatenate_datasets
+from datasets import ClassLabel, Dataset, IterableDataset, Value, concatenate_datasets
 
 from .errors import DataError
 
@@ -24,6 +32,8 @@ FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv"
 # pixels after it for images (see hf_transfer/vision/data.py).
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "image", "pixel_values")
 TARGET_PREFIX = "target_"
+# A streamed target is shuffled with the recipe seed plus this, so that source and target never share an order.
+TARGET_SEED_OFFSET = 1_000_003
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -31,7 +41,9 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or suffix in FILE_BUILDERS or suffix == ".npz" or os.sep + os.sep in spec
 
 
-def load_table(spec: str, *, field: str, split: str = "train", config: str | None = None) -> Dataset:
+def load_table(
+    spec: str, *, field: str, split: str = "train", config: str | None = None, streaming: bool = False
+) -> Dataset | IterableDataset:
     """Load one table from a file, a folder or a Hub dataset id.
 
     Args:
@@ -42,10 +54,15 @@ def load_table(spec: str, *, field: str, split: str = "train", config: str | Non
         split, config: Hub / folder split and configuration. For a ``.npz`` file, ``config`` is the key prefix
             (``mnist`` reads ``mnist_x`` / ``mnist_y``; none reads ``x`` / ``y``); see
             :func:`hf_transfer.vision.data.load_npz`.
+        streaming: return a ``datasets.IterableDataset`` that reads rows as they are iterated (nothing is
+            downloaded or converted to Arrow up front). Whether it has rows is only known once it is read: see
+            :func:`take_rows`.
     """
     path = Path(os.path.expanduser(spec))
     try:
         if path.is_file() and path.suffix.lower() == ".npz":
+            if streaming:
+                raise DataError(f"{field}: {spec!r} is a NumPy array file, which is read whole; set streaming: false")
             from .vision.data import load_npz
 
             table = load_npz(path, field=field, prefix=config)
@@ -58,13 +75,13 @@ def load_table(spec: str, *, field: str, split: str = "train", config: str | Non
             if path.stat().st_size == 0:
                 raise DataError(f"{field}: {spec!r} is empty; it needs at least one row")
             kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
-            table = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
+            table = datasets.load_dataset(builder, data_files=str(path), split="train", streaming=streaming, **kwargs)
         elif path.is_dir():
-            table = datasets.load_dataset(str(path), config, split=split)
+            table = datasets.load_dataset(str(path), config, split=split, streaming=streaming)
         elif _looks_like_path(spec):
             raise DataError(f"{field}: file {spec!r} does not exist; check the path (relative to {os.getcwd()})")
         else:
-            table = datasets.load_dataset(spec, config, split=split)
+            table = datasets.load_dataset(spec, config, split=split, streaming=streaming)
     except DataError:
         raise
     except Exception as err:  # datasets raises many types (DatasetNotFoundError, ConnectionError, ArrowInvalid ...)
@@ -72,9 +89,9 @@ def load_table(spec: str, *, field: str, split: str = "train", config: str | Non
         offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
         hint = " (the Hub is offline: point it at a local file or folder)" if offline else ""
         raise DataError(f"{field}: cannot read {spec!r}: {first_line}{hint}") from None
-    if isinstance(table, datasets.DatasetDict):
+    if isinstance(table, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         raise DataError(f"{field}: {spec!r} has several splits; choose one with {field.replace('_data', '_split')}")
-    if len(table) == 0:
+    if not streaming and len(table) == 0:
         raise DataError(f"{field}: {spec!r} has no rows")
     return table
 
@@ -126,11 +143,12 @@ def infer_label_space(table: Dataset, column: str, *, num_labels: int | None, fi
     return LabelSpace([str(i) for i in range(count)])
 
 
-def _as_int_labels(values: list[Any], *, field: str, spec: str) -> np.ndarray:
-    for row, value in enumerate(values):
+def _as_int_labels(values: list[Any], *, field: str, spec: str, rows: Sequence[int] | None = None) -> np.ndarray:
+    for i, value in enumerate(values):
         ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
         ok = ok or (isinstance(value, float) and float(value).is_integer())
         if not ok:
+            row = i if rows is None else rows[i]
             raise DataError(
                 f"label_column: {field} ({spec!r}) row {row} has label {value!r}; labels must be integer class ids "
                 "or class-name strings"
@@ -138,45 +156,67 @@ def _as_int_labels(values: list[Any], *, field: str, spec: str) -> np.ndarray:
     return np.asarray(values, dtype=np.int64)
 
 
-def _check_range(ids: np.ndarray, num_labels: int, *, field: str, spec: str) -> None:
+def _check_range(
+    ids: np.ndarray, num_labels: int, *, field: str, spec: str, rows: Sequence[int] | None = None
+) -> None:
     bad = np.flatnonzero((ids < 0) | (ids >= num_labels))
     if bad.size:
-        row = int(bad[0])
+        i = int(bad[0])
         raise DataError(
-            f"label_column: {field} ({spec!r}) row {row} has label {int(ids[row])}, outside 0..{num_labels - 1} "
-            f"(num_labels={num_labels}); fix the data or set num_labels"
+            f"label_column: {field} ({spec!r}) row {i if rows is None else rows[i]} has label {int(ids[i])}, outside "
+            f"0..{num_labels - 1} (num_labels={num_labels}); fix the data or set num_labels"
         )
+
+
+def label_ids(
+    values: list[Any],
+    feature: Any,
+    space: LabelSpace,
+    *,
+    field: str,
+    spec: str,
+    rows: Sequence[int] | None = None,
+    unknown_hint: str = "source and target must share one label set",
+) -> np.ndarray:
+    """Class ids (int64) of label ``values`` in ``space``, every value checked.
+
+    The one place labels are checked: :func:`encode_labels` calls it on a whole table, a streamed table calls it on
+    each batch as it is read (see :class:`_StreamLabels`). ``feature`` is the column's ``datasets`` feature (``None``
+    when a stream does not declare it); ``rows`` are the row numbers of ``values`` for error messages (default
+    ``0..n-1``); ``unknown_hint`` ends the error for a class name outside ``space``.
+    """
+    if isinstance(feature, ClassLabel):
+        if feature.names != space.names:
+            raise DataError(
+                f"label_column: {field} ({spec!r}) classes {feature.names} differ from the source classes "
+                f"{space.names}"
+            )
+        return np.asarray(values, dtype=np.int64)
+    if space.from_strings:
+        index = {name: i for i, name in enumerate(space.names)}
+        unknown = [i for i, v in enumerate(values) if v not in index]
+        if unknown:
+            names = sorted({str(values[i]) for i in unknown})
+            first = unknown[0] if rows is None else rows[unknown[0]]
+            raise DataError(
+                f"label_column: {field} ({spec!r}) has labels {names[:5]} that the source does not have (first at "
+                f"row {first}; source labels: {space.names}); {unknown_hint}"
+            )
+        return np.asarray([index[v] for v in values], dtype=np.int64)
+    missing = [i for i, v in enumerate(values) if v is None]
+    if missing:
+        raise DataError(
+            f"label_column: {field} ({spec!r}) row {missing[0] if rows is None else rows[missing[0]]} has no label"
+        )
+    ids = _as_int_labels(values, field=field, spec=spec, rows=rows)
+    _check_range(ids, space.num_labels, field=field, spec=spec, rows=rows)
+    return ids
 
 
 def encode_labels(table: Dataset, column: str, space: LabelSpace, *, field: str, spec: str) -> Dataset:
     """Add an int64 ``labels`` column in the label space (names mapped to ids), checking every value."""
-    feature = table.features[column]
-    values = table[column]
-    if isinstance(feature, ClassLabel):
-        names = feature.names
-        if names != space.names:
-            raise DataError(
-                f"label_column: {field} ({spec!r}) classes {names} differ from the source classes {space.names}"
-            )
-        ids = np.asarray(values, dtype=np.int64)
-    elif space.from_strings:
-        index = {name: i for i, name in enumerate(space.names)}
-        unknown = sorted({str(v) for v in values if v not in index})
-        if unknown:
-            raise DataError(
-                f"label_column: {field} ({spec!r}) has labels {unknown[:5]} that the source does not have "
-                f"(source labels: {space.names}); source and target must share one label set"
-            )
-        ids = np.asarray([index[v] for v in values], dtype=np.int64)
-    else:
-        if any(v is None for v in values):
-            row = next(i for i, v in enumerate(values) if v is None)
-            raise DataError(f"label_column: {field} ({spec!r}) row {row} has no label")
-        ids = _as_int_labels(values, field=field, spec=spec)
-        _check_range(ids, space.num_labels, field=field, spec=spec)
-    if "labels" in table.column_names and column != "labels":
-        table = table.remove_columns("labels")
-    if column == "labels":
+    ids = label_ids(table[column], table.features[column], space, field=field, spec=spec)
+    if "labels" in table.column_names:  # a column called `labels` (the label column itself, or another) is replaced
         table = table.remove_columns("labels")
     return table.add_column("labels", ids.tolist())
 
@@ -203,8 +243,16 @@ def tokenize(
         out["length"] = [len(ids) for ids in out["input_ids"]]
         return out
 
-    drop = [c for c in table.column_names if c not in keep]
+    drop = [c for c in column_names(table) if c not in keep]
+    if isinstance(table, IterableDataset):  # a stream is tokenised lazily, batch by batch, as it is read
+        return table.map(encode, batched=True, remove_columns=drop)
     return table.map(encode, batched=True, remove_columns=drop, desc=desc)
+
+
+def _target_columns(columns: Sequence[str]) -> list[str]:
+    """The target columns a paired row carries (under the ``target_`` prefix): model inputs and ``length``. Target
+    labels, and anything else, never get into a paired row."""
+    return [c for c in columns if c in MODEL_INPUT_KEYS or c == "length"]
 
 
 def pair_with_target(source: Dataset, target: Dataset, *, seed: int) -> Dataset:
@@ -224,7 +272,8 @@ def pair_with_target(source: Dataset, target: Dataset, *, seed: int) -> Dataset:
 
     src = source.select(cycled(len(source)))
     tgt = target.select(cycled(len(target)))
-    tgt = tgt.remove_columns([c for c in tgt.column_names if c not in MODEL_INPUT_KEYS and c != "length"])
+    keep = _target_columns(tgt.column_names)
+    tgt = tgt.remove_columns([c for c in tgt.column_names if c not in keep])
     tgt = tgt.rename_columns({c: TARGET_PREFIX + c for c in tgt.column_names})
     paired = concatenate_datasets([src.flatten_indices(), tgt.flatten_indices()], axis=1)
     if "length" not in paired.column_names:  # image rows have no length
@@ -232,6 +281,16 @@ def pair_with_target(source: Dataset, target: Dataset, *, seed: int) -> Dataset:
     lengths = np.maximum(np.asarray(paired["length"]), np.asarray(paired[TARGET_PREFIX + "length"]))
     paired = paired.remove_columns(["length", TARGET_PREFIX + "length"])
     return paired.add_column("length", lengths.tolist())
+
+
+def pair_rows(source_row: dict[str, Any], target_row: dict[str, Any]) -> dict[str, Any]:
+    """One paired row from a source row and a target row: the row-by-row form of :func:`pair_with_target` (same
+    columns, same ``length``), for streams."""
+    row = dict(source_row)
+    row.update({TARGET_PREFIX + c: target_row[c] for c in _target_columns(target_row) if c != "length"})
+    if "length" in row and "length" in target_row:
+        row["length"] = max(row["length"], target_row["length"])
+    return row
 
 
 def add_batch_labels(batch: dict[str, Any], rows: list[dict[str, Any]], *, num_target: int) -> dict[str, Any]:
@@ -293,35 +352,72 @@ def accuracy_metrics(eval_pred) -> dict[str, float]:
 
 @dataclass
 class RawData:
-    """The recipe's tables, loaded and checked, with labels encoded; nothing tokenised yet."""
+    """The recipe's tables, loaded and checked, with labels encoded; nothing tokenised yet.
 
-    source: Dataset
-    target: Dataset | None
+    With ``streaming: true``, ``source`` and ``target`` are ``IterableDataset`` streams (the source's labels are
+    encoded and checked lazily, row by row) and ``source_sample`` / ``target_sample`` hold their first
+    ``streaming_sample_size`` rows, read and checked up front."""
+
+    source: Dataset | IterableDataset
+    target: Dataset | IterableDataset | None
     eval: Dataset | None
     labels: LabelSpace
+    source_sample: Dataset | None = None
+    target_sample: Dataset | None = None
+
+
+def _input_column(d) -> tuple[str, str]:
+    # Images: `image_column` replaces `text_column` everywhere.
+    return (d.image_column, "image_column") if d.image_column else (d.text_column, "text_column")
+
+
+def _check_source_columns(table: Dataset, d) -> None:
+    input_column, input_option = _input_column(d)
+    require_column(table, input_column, field="source_data", spec=d.source_data, option=input_option)
+    if d.text_pair_column:
+        require_column(table, d.text_pair_column, field="source_data", spec=d.source_data, option="text_pair_column")
+    require_column(table, d.label_column, field="source_data", spec=d.source_data, option="label_column")
+
+
+def _with_class_names(space: LabelSpace, d) -> LabelSpace:
+    if not d.class_names:
+        return space
+    if space.from_strings:
+        raise DataError("class_names: the source labels are already names; remove class_names")
+    if len(d.class_names) != space.num_labels:
+        raise DataError(f"class_names: {len(d.class_names)} names given for {space.num_labels} classes in source_data")
+    return LabelSpace(list(d.class_names))
+
+
+def _load_eval(d, target: Dataset | None, space: LabelSpace, *, seed: int) -> Dataset | None:
+    """``eval_data`` (always read whole: evaluation sets are small), else the target's own labelled rows."""
+    input_column, input_option = _input_column(d)
+    evaluation = None
+    if d.eval_data:
+        evaluation = load_table(d.eval_data, field="eval_data", split=d.eval_split, config=d.eval_config)
+        require_column(evaluation, input_column, field="eval_data", spec=d.eval_data, option=input_option)
+        require_column(evaluation, d.label_column, field="eval_data", spec=d.eval_data, option="label_column")
+        evaluation = encode_labels(evaluation, d.label_column, space, field="eval_data", spec=d.eval_data)
+    elif target is not None and d.label_column in target.column_names:
+        # The target's own labels evaluate it; training only ever sees the target's texts.
+        evaluation = encode_labels(target, d.label_column, space, field="target_data", spec=d.target_data)
+    if evaluation is not None and d.max_eval_samples:
+        evaluation = evaluation.shuffle(seed=seed).select(range(min(d.max_eval_samples, len(evaluation))))
+    return evaluation
 
 
 def load_raw_data(data_args, *, num_labels: int | None = None, seed: int = 42) -> RawData:
     """Load and validate every table a recipe names. Cheap enough to run before the model is loaded."""
     d = data_args
-    # Images: `image_column` replaces `text_column` everywhere, and every image is decoded once to fail early.
-    input_column, input_option = (d.image_column, "image_column") if d.image_column else (d.text_column, "text_column")
+    if getattr(d, "streaming", False):
+        return _load_streams(d, num_labels=num_labels, seed=seed)
+    input_column, input_option = _input_column(d)
     source = load_table(d.source_data, field="source_data", split=d.source_split, config=d.source_config)
-    require_column(source, input_column, field="source_data", spec=d.source_data, option=input_option)
-    if d.text_pair_column:
-        require_column(source, d.text_pair_column, field="source_data", spec=d.source_data, option="text_pair_column")
-    require_column(source, d.label_column, field="source_data", spec=d.source_data, option="label_column")
+    _check_source_columns(source, d)
     if d.max_source_samples:
         source = source.shuffle(seed=seed).select(range(min(d.max_source_samples, len(source))))
     space = infer_label_space(source, d.label_column, num_labels=num_labels, field="source_data", spec=d.source_data)
-    if d.class_names:
-        if space.from_strings:
-            raise DataError("class_names: the source labels are already names; remove class_names")
-        if len(d.class_names) != space.num_labels:
-            raise DataError(
-                f"class_names: {len(d.class_names)} names given for {space.num_labels} classes in source_data"
-            )
-        space = LabelSpace(list(d.class_names))
+    space = _with_class_names(space, d)
     source = encode_labels(source, d.label_column, space, field="source_data", spec=d.source_data)
     if len(set(source["labels"])) < 2:
         raise DataError(
@@ -335,18 +431,8 @@ def load_raw_data(data_args, *, num_labels: int | None = None, seed: int = 42) -
         if d.max_target_samples:
             target = target.shuffle(seed=seed).select(range(min(d.max_target_samples, len(target))))
 
-    evaluation = None
-    if d.eval_data:
-        evaluation = load_table(d.eval_data, field="eval_data", split=d.eval_split, config=d.eval_config)
-        require_column(evaluation, input_column, field="eval_data", spec=d.eval_data, option=input_option)
-        require_column(evaluation, d.label_column, field="eval_data", spec=d.eval_data, option="label_column")
-        evaluation = encode_labels(evaluation, d.label_column, space, field="eval_data", spec=d.eval_data)
-    elif target is not None and d.label_column in target.column_names:
-        # The target's own labels evaluate it; training only ever sees the target's texts.
-        evaluation = encode_labels(target, d.label_column, space, field="target_data", spec=d.target_data)
-    if evaluation is not None and d.max_eval_samples:
-        evaluation = evaluation.shuffle(seed=seed).select(range(min(d.max_eval_samples, len(evaluation))))
-    if d.image_column:
+    evaluation = _load_eval(d, target, space, seed=seed)
+    if d.image_column:  # every image is decoded once, to fail early
         from .vision.data import check_images
 
         tables = {"source_data": (source, d.source_data), "target_data": (target, d.target_data),
@@ -359,20 +445,32 @@ def load_raw_data(data_args, *, num_labels: int | None = None, seed: int = 42) -
 
 @dataclass
 class PreparedData:
-    """Tokenised tables ready for the Trainer."""
+    """Tokenised tables ready for the Trainer.
 
-    train: Dataset
+    With ``streaming: true``, ``train`` and ``target`` are tokenised ``IterableDataset`` streams (one pass each,
+    through a seeded shuffle buffer; ``run.train`` turns them into a :class:`StreamingTrainSet` after the methods'
+    ``prepare`` hooks) and
+    ``sample_rows`` is ``streaming_sample_size``: how many rows of a stream a bounded computation (instance-weight
+    estimation, diagnostics) may read. ``None`` for tables."""
+
+    train: Dataset | IterableDataset
     source_eval: Dataset | None
     target_eval: Dataset | None
-    target: Dataset | None
+    target: Dataset | IterableDataset | None
     labels: LabelSpace
+    sample_rows: int | None = None
 
 
 def prepare_data(raw: RawData, tokenizer, data_args, *, seed: int = 42) -> PreparedData:
     """Tokenise (text; image tables are only narrowed to their image column, see
     :func:`hf_transfer.vision.data.select_image_column`) and hold out a source slice for ``source_accuracy``. Pairing
     with target rows (:func:`pair_with_target`) comes later, after any method has changed the source rows (e.g.
-    weighted them)."""
+    weighted them).
+
+    Streams are shuffled and tokenised lazily, in that order: the shuffle buffer (``streaming_shuffle_buffer`` rows,
+    seeded from ``seed``) holds raw rows, not token lists, and only the rows training reads are ever tokenised. The
+    held-out source slice is a seeded ``source_eval_fraction`` of the source sample's rows (the first
+    ``streaming_sample_size``), which the training stream filters out by row number."""
     d = data_args
     if d.image_column:  # images stay undecoded here; the collator runs the image processor per batch
         from .vision.data import select_image_column
@@ -383,11 +481,197 @@ def prepare_data(raw: RawData, tokenizer, data_args, *, seed: int = 42) -> Prepa
         def process(table: Dataset, keep: tuple[str, ...] = ("labels",), desc: str = "Tokenizing") -> Dataset:
             return tokenize(table, tokenizer, text_column=d.text_column, text_pair_column=d.text_pair_column,
                             max_length=d.max_length, keep=keep, desc=desc)
+    target_eval = process(raw.eval, desc="Tokenizing eval") if raw.eval is not None else None
+    if isinstance(raw.source, IterableDataset):
+        buffer = d.streaming_shuffle_buffer
+
+        def shuffled(stream: IterableDataset, stream_seed: int) -> IterableDataset:
+            return stream.shuffle(seed=stream_seed, buffer_size=buffer) if buffer else stream
+
+        sample = process(raw.source_sample, desc="Tokenizing source sample")
+        source_eval, train = None, raw.source
+        if d.source_eval_fraction > 0 and len(sample) >= 10:
+            size = min(math.ceil(d.source_eval_fraction * len(sample)), len(sample) - 1)
+            held = sorted(np.random.default_rng(seed).choice(len(sample), size=size, replace=False).tolist())
+            source_eval = sample.select(held)
+            train = train.filter(_NotHeldOut(held), with_indices=True)  # the held-out rows never train
+        train = process(shuffled(train, seed))
+        target = None
+        if raw.target is not None:  # its own seed, so that the two sides never share an order
+            target = process(shuffled(raw.target, seed + TARGET_SEED_OFFSET), keep=())
+        return PreparedData(train, source_eval, target_eval, target, raw.labels,
+                            sample_rows=d.streaming_sample_size)
+    target = process(raw.target, keep=(), desc="Tokenizing target") if raw.target is not None else None
     source = process(raw.source, desc="Tokenizing source")
     source_eval = None
     if d.source_eval_fraction > 0 and len(source) >= 10:
         split = source.train_test_split(test_size=d.source_eval_fraction, seed=seed)
         source, source_eval = split["train"], split["test"]
-    target = process(raw.target, keep=(), desc="Tokenizing target") if raw.target is not None else None
-    target_eval = process(raw.eval, desc="Tokenizing eval") if raw.eval is not None else None
     return PreparedData(source, source_eval, target_eval, target, raw.labels)
+
+
+# ---- streaming: true ---------------------------------------------------------------------------------------------
+
+
+def column_names(table: Dataset | IterableDataset) -> list[str]:
+    """A table's columns. A stream whose features are not declared (a Hub dataset without them, or after a ``map``
+    that did not declare its output) is asked for its first row."""
+    if table.column_names is not None:
+        return list(table.column_names)
+    first = next(iter(table.take(1)), None)
+    return list(first) if first is not None else []
+
+
+def _unreadable(field: str, spec: str, err: Exception) -> DataError:
+    detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return DataError(
+        f"{field}: a row of {spec!r} cannot be read: {detail}. A streamed file keeps the column types of its first "
+        "rows (a label that was an integer there must stay one); fix that value in the data"
+    )
+
+
+def take_rows(stream: IterableDataset, rows: int, *, field: str, spec: str) -> Dataset:
+    """The first ``rows`` rows of a stream as a map-style ``Dataset``; only those rows are read. The stream's
+    declared features (a Hub dataset's ``ClassLabel``) are kept. Raises :class:`DataError` when it has no rows."""
+    import pyarrow as pa
+
+    try:
+        head = list(stream.take(rows))
+    except pa.ArrowException as err:  # a value the reader cannot cast to the column's type
+        raise _unreadable(field, spec, err) from None
+    if not head:
+        raise DataError(f"{field}: {spec!r} has no rows")
+    return Dataset.from_list(head, features=stream.features)
+
+
+def bounded_rows(table: Dataset | IterableDataset, rows: int, *, seed: int = 0, field: str = "data",
+                 spec: str = "") -> Dataset:
+    """At most ``rows`` rows of a table, as a map-style ``Dataset``: a seeded random subset of a ``Dataset``, the
+    first rows an ``IterableDataset`` yields (reading only those, plus what its shuffle buffer holds). What every
+    bounded computation (a diagnostic plot, a validator, a weight estimate) calls, so that none of them ever
+    materialises a stream."""
+    if isinstance(table, IterableDataset):
+        return take_rows(table, rows, field=field, spec=spec)
+    return table.shuffle(seed=seed).select(range(rows)) if len(table) > rows else table
+
+
+class _NotHeldOut:
+    """``filter`` predicate of a streamed source: keeps every row but the held-out ones (row numbers of the stream)."""
+
+    def __init__(self, rows: Sequence[int]):
+        self.rows = frozenset(rows)
+
+    def __call__(self, row: dict[str, Any], index: int) -> bool:
+        return index not in self.rows
+
+
+class _StreamLabels:
+    """The ``map`` function that encodes and checks the labels of a streamed table, batch by batch, with
+    :func:`label_ids` (so a stream's rows are held to exactly the rules of a table's); rows count from the start of
+    the stream, so an error names the row of the file."""
+
+    def __init__(self, column: str, feature: Any, space: LabelSpace, *, field: str, spec: str, hint: str):
+        self.column, self.feature, self.space = column, feature, space
+        self.field, self.spec, self.hint = field, spec, hint
+
+    def __call__(self, batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        ids = label_ids(batch[self.column], self.feature, self.space, field=self.field, spec=self.spec, rows=indices,
+                        unknown_hint=self.hint)
+        return {"labels": ids.tolist()}
+
+
+def _load_streams(d, *, num_labels: int | None, seed: int) -> RawData:
+    """``load_raw_data`` for ``streaming: true``: everything that can be checked on the first
+    ``streaming_sample_size`` rows is checked now; every later row is checked when it is read."""
+    rows = d.streaming_sample_size
+    source = load_table(d.source_data, field="source_data", split=d.source_split, config=d.source_config,
+                        streaming=True)
+    # take/skip pin the order of a stream's shards (files): a later shuffle then reorders rows only through its buffer,
+    # so a row number (in an error message, or naming a held-out row) means the same row in every pass.
+    source = source.take(d.max_source_samples) if d.max_source_samples else source.skip(0)
+    sample = take_rows(source, rows, field="source_data", spec=d.source_data)
+    _check_source_columns(sample, d)
+    space = infer_label_space(sample, d.label_column, num_labels=num_labels, field="source_data", spec=d.source_data)
+    space = _with_class_names(space, d)
+    sample = encode_labels(sample, d.label_column, space, field="source_data", spec=d.source_data)
+    if len(set(sample["labels"])) < 2:
+        raise DataError(
+            f"label_column: the first {len(sample)} rows of source_data ({d.source_data!r}) have a single class; "
+            "streaming infers the classes from them (streaming_sample_size): shuffle the data or raise "
+            "streaming_sample_size"
+        )
+    hint = (f"streaming takes the source classes from its first {len(sample)} rows: raise streaming_sample_size "
+            "or shuffle the data so that every class appears among them")
+    feature = (source.features or {}).get(d.label_column)
+    # Declaring the output features keeps the columns known downstream (tokenisation need not peek at a row).
+    features = datasets.Features({**source.features, "labels": Value("int64")}) if source.features else None
+    source = source.map(_StreamLabels(d.label_column, feature, space, field="source_data", spec=d.source_data,
+                                      hint=hint), batched=True, with_indices=True, features=features)
+
+    target = target_sample = None
+    if d.target_data:
+        target = load_table(d.target_data, field="target_data", split=d.target_split, config=d.target_config,
+                            streaming=True)
+        if d.max_target_samples:
+            target = target.take(d.max_target_samples)
+        target_sample = take_rows(target, rows, field="target_data", spec=d.target_data)
+        require_column(target_sample, d.text_column, field="target_data", spec=d.target_data, option="text_column")
+    # Evaluation reads `eval_data` whole, or evaluates on the target sample (target labels never train).
+    evaluation = _load_eval(d, target_sample, space, seed=seed)
+    return RawData(source, target, evaluation, space, source_sample=sample, target_sample=target_sample)
+
+
+class StreamingTrainSet(torch.utils.data.IterableDataset):
+    """The training rows of a ``streaming: true`` run: an endless stream the Trainer reads ``max_steps`` batches from.
+
+    ``source`` (and ``target``) are the one-pass streams :func:`prepare_data` builds (shuffled through a seeded
+    buffer, then tokenised; then whatever the methods' ``prepare`` hooks mapped onto them). Pass ``p`` reads a fresh
+    view of each with its epoch set to ``p``, which reseeds the shuffle buffer, so every pass has a new order that is
+    a function of the recipe's ``seed`` alone. Being endless, the whole run is one Trainer "epoch" of ``max_steps``
+    batches whatever the data's length: a resumed run skips exactly the batches already trained on and sees the same
+    rows next. With a ``target`` stream (adaptation methods) each source row is paired with the next row of the
+    endless target stream by :func:`pair_rows`, the row form of :func:`pair_with_target`: target inputs under the
+    ``target_`` prefix, target labels never.
+
+    Under several processes, Accelerate's ``IterableDatasetShard`` gives each process its own slice of every batch
+    (``run.train`` turns batch dispatching off, since dynamically padded batches of different lengths cannot be
+    concatenated for dispatch). DataLoader workers are refused by the recipe: ``datasets`` would split each stream's
+    shards between them, and a side with fewer shards than workers would silently leave the other side's rows out.
+    """
+
+    def __init__(self, source: IterableDataset, target: IterableDataset | None = None, *, source_spec: str = "",
+                 target_spec: str = ""):
+        self.source, self.target = source, target
+        self.source_spec, self.target_spec = source_spec, target_spec
+
+    @staticmethod
+    def _passes(stream: IterableDataset, field: str, spec: str) -> Iterator[dict[str, Any]]:
+        import pyarrow as pa
+
+        for p in itertools.count():
+            # skip(0) is a new dataset over the same pipeline with its own epoch counter: setting the epoch on it
+            # leaves the stream the run holds (and any sample read from it) at epoch 0.
+            view = stream.skip(0)
+            view.set_epoch(p)
+            rows, empty = iter(view), True
+            while True:
+                # Only the read is guarded: the `yield` stays outside the `try`, so closing this generator (which
+                # raises GeneratorExit there) never evaluates the except clause.
+                try:
+                    row = next(rows)
+                except StopIteration:
+                    break
+                except pa.ArrowException as err:  # a value the reader cannot cast to the column's type
+                    raise _unreadable(field, spec, err) from None
+                empty = False
+                yield row
+            if empty:
+                raise DataError(f"{field}: {spec!r} has no rows to train on (after max_*_samples and the held-out "
+                                "source slice)")
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        rows = self._passes(self.source, "source_data", self.source_spec)
+        if self.target is not None:
+            targets = self._passes(self.target, "target_data", self.target_spec)
+            rows = (pair_rows(s, t) for s, t in zip(rows, targets))
+        return rows

@@ -186,6 +186,31 @@ class DataArguments:
     max_source_samples: int | None = field(default=None, metadata={"help": "Use at most this many source rows."})
     max_target_samples: int | None = field(default=None, metadata={"help": "Use at most this many target rows."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on at most this many rows."})
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Read source_data and target_data as streams (datasets IterableDataset; local files and Hub "
+            "ids) instead of loading them whole, so memory stays flat however large they are. Needs max_steps. "
+            "Classes, the held-out source slice and instance-weight estimation use the first "
+            "streaming_sample_size rows; every later row is checked as it is read. eval_data is still read whole. "
+            "See docs/streaming.md."
+        },
+    )
+    streaming_sample_size: int = field(
+        default=2000,
+        metadata={
+            "help": "With streaming: rows read up front from the head of each streamed side, where a bounded sample "
+            "is needed (label classes, the held-out source slice, instance-weight estimation, the target "
+            "evaluation when eval_data is not set)."
+        },
+    )
+    streaming_shuffle_buffer: int = field(
+        default=10000,
+        metadata={
+            "help": "With streaming: raw rows held in each side's shuffle buffer, before tokenisation (memory grows "
+            "with it). Each pass over the data is reshuffled, seeded from `seed`. 0 reads the rows in data order."
+        },
+    )
 
     def __post_init__(self):
         if self.max_length <= 0:
@@ -207,6 +232,15 @@ class DataArguments:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise RecipeError(f"{name}: must be > 0, got {value}")
+        if self.streaming_sample_size < 10:
+            raise RecipeError(f"streaming_sample_size: must be >= 10 rows, got {self.streaming_sample_size}")
+        if self.streaming_shuffle_buffer < 0:
+            raise RecipeError(f"streaming_shuffle_buffer: must be >= 0 (0: no shuffling), got "
+                              f"{self.streaming_shuffle_buffer}")
+        if self.streaming and self.image_column:
+            raise RecipeError(
+                "streaming: image data (image folders, .npz arrays) is read whole; set streaming: false for images"
+            )
 
 
 @dataclass
@@ -496,6 +530,19 @@ def load_recipe(
     except (ValueError, TypeError) as err:
         raise RecipeError(f"training arguments: {err}") from None
 
+    if data_args.streaming and training_args.max_steps <= 0:
+        # A stream has no length: the Trainer cannot count epochs, and the learning-rate schedule needs an end.
+        raise RecipeError(
+            "max_steps: streaming: true reads the data as a stream of unknown length, so num_train_epochs cannot "
+            "end training; set max_steps > 0 (e.g. --max_steps 1000)"
+        )
+    if data_args.streaming and training_args.dataloader_num_workers > 0:
+        # datasets hands each worker its own shards of a stream; a single-file stream has one shard, and a side with
+        # fewer shards than workers would leave the other side's rows unpaired and untrained.
+        raise RecipeError(
+            "dataloader_num_workers: with streaming: true rows are read, tokenised and paired in the training "
+            "process; set dataloader_num_workers: 0"
+        )
     if data_args.image_column and training_args.train_sampling_strategy == "group_by_length":
         raise RecipeError("train_sampling_strategy: group_by_length needs text lengths; images have none. Use random")
     method_configs = {}
@@ -515,6 +562,9 @@ def load_recipe(
         from .backbones import validate_peft_block
 
         peft_block = validate_peft_block(peft_block, image=bool(data_args.image_column))
+    from .launch_check import check_launched_engine
+
+    check_launched_engine(method_configs=method_configs)  # under an FSDP / DeepSpeed launch: refuse what cannot run
     return Recipe(model_args, data_args, method_args, training_args, method_configs, peft_block, training_fields)
 
 

@@ -27,7 +27,14 @@ from .backbones import (
     wrap_with_peft,
 )
 from .checkpoints import resolve_resume_checkpoint
-from .data import TransferCollator, accuracy_metrics, load_raw_data, pair_with_target, prepare_data
+from .data import (
+    StreamingTrainSet,
+    TransferCollator,
+    accuracy_metrics,
+    load_raw_data,
+    pair_with_target,
+    prepare_data,
+)
 from .diagnostics.training_plot import finish_before_after_plot, start_before_after_plot
 from .errors import DataError, UserError
 from .hub import PushRequest, finish_export, model_card, staging_dir, take_push_request
@@ -115,6 +122,17 @@ def train(
         args.dataloader_pin_memory = False  # pinning needs an accelerator; on the CPU it only warns
     if recipe.model.gradual_unfreezing_steps:
         args.ddp_find_unused_parameters = True  # layers join training mid-run
+    streaming = recipe.data.streaming
+    if streaming:
+        # Under several processes Accelerate would otherwise have the main process read each step's batches and
+        # concatenate them for dispatch, which fails for dynamically padded batches of different lengths. Instead
+        # every process reads the same seeded stream and keeps its own slice of each batch (IterableDatasetShard):
+        # no row is duplicated or dropped.
+        args.accelerator_config.dispatch_batches = False
+        if args.train_sampling_strategy == "group_by_length" and args.process_index == 0:
+            print("hf-transfer: train_sampling_strategy group_by_length does not apply with streaming: true (no "
+                  "lengths are known before the rows are read); rows come in shuffled stream order, each batch "
+                  "padded to its own longest row")
     set_seed(args.seed)
 
     raw = load_raw_data(recipe.data, num_labels=recipe.model.num_labels, seed=args.seed)
@@ -168,7 +186,11 @@ def train(
             context = prepare(recipe.method_configs[name], context)
     # Source vs target t-SNE before and after training, on a bounded sample (main process; docs/diagnostics.md).
     tsne = None if image else start_before_after_plot(args, model, data, collator)
-    if recipe.needs_target:
+    if streaming:  # endless, seeded, lazily paired rows (docs/streaming.md)
+        d = recipe.data
+        data.train = StreamingTrainSet(data.train, data.target if recipe.needs_target else None,
+                                       source_spec=d.source_data, target_spec=d.target_data or "")
+    elif recipe.needs_target:
         data.train = pair_with_target(data.train, data.target, seed=args.seed)
     if image and recipe.data.image_augmentation:
         from .vision.data import augment_table
@@ -196,8 +218,9 @@ def train(
     )
     trainable, total = count_parameters(model)
     if trainer.is_world_process_zero():
+        rows = "streamed training rows" if streaming else f"{len(data.train):,} training rows"
         print(f"hf-transfer: {recipe.model.model_name_or_path}, method {'+'.join(recipe.methods.method)}, "
-              f"{trainable:,} of {total:,} parameters trainable, {len(data.train):,} training rows")
+              f"{trainable:,} of {total:,} parameters trainable, {rows}")
 
     start = time.time()
     train_output = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)

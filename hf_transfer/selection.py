@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from .backbones import FeatureTap
-from .data import MODEL_INPUT_KEYS
+from .data import MODEL_INPUT_KEYS, bounded_rows
 from .validators import (
     cross_entropy_per_example,
     dev_score,
@@ -343,10 +343,9 @@ def build_selection(recipe, model: nn.Module, data, *, feature_module: nn.Module
         return None
     if feature_module is None:
         _, feature_module = find_feature_module(model, data.labels.num_labels, recipe.model.feature_module)
-    target = data.target
-    cap = recipe.methods.selection_max_target_samples
-    if len(target) > cap:
-        target = target.shuffle(seed=args.seed).select(range(cap))
+    # A seeded sample of a target table; the first rows of a streamed one (never the whole stream).
+    target = bounded_rows(data.target, recipe.methods.selection_max_target_samples, seed=args.seed,
+                          field="target_data", spec=recipe.data.target_data or "")
     return LabelFreeSelection(
         target=target, source=data.source_eval, feature_module=feature_module, validators=validators, seed=args.seed
     )

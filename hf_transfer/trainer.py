@@ -29,6 +29,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 
 from .backbones import FeatureTap, encoder_layers, layerwise_lr_groups, set_trainable_top_layers
+from .distributed import gather_step_batch, global_mean_scale
 from .errors import TrainingDivergedError
 from .methods import StepBatch, TransferMethod
 
@@ -36,15 +37,41 @@ METHOD_STATE_FILE = "transfer_methods.safetensors"
 
 
 def weighted_cross_entropy(
-    logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None
+    logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None, *, global_batch: bool = False
 ) -> torch.Tensor:
-    """Mean cross-entropy, or the weight-normalised mean ``sum(w_i * ce_i) / sum(w_i)`` when weights are given."""
-    if labels.numel() == 0:
-        return logits.sum() * 0.0  # keeps the graph connected on a batch without source rows
-    losses = F.cross_entropy(logits, labels, reduction="none")
-    if weights is None:
-        return losses.mean()
-    return (losses * weights).sum() / weights.sum().clamp_min(1e-12)
+    """Mean cross-entropy over the rows not labelled -100, or the weight-normalised mean ``sum(w_i * ce_i) / sum(w_i)``
+    when weights are given (rows labelled -100 must then weigh 0).
+
+    ``global_batch``: under data parallelism, return this process's share of the mean over *all* processes' rows
+    (normalised by the global row count or weight total), so that DDP's gradient average is exactly the gradient of
+    the global mean whatever the shard sizes (see :mod:`hf_transfer.distributed`). Every process must call it.
+    """
+    losses = F.cross_entropy(logits, labels, reduction="none")  # 0 on rows labelled -100
+    weights = (labels != -100).to(losses.dtype) if weights is None else weights.to(losses.dtype)
+    total = (losses * weights).sum()  # 0, still attached to the graph, on a batch without labelled rows
+    if global_batch:
+        return total * global_mean_scale(weights.sum())
+    return total / weights.sum().clamp_min(1e-12)
+
+
+def exact_eval_loss(predictions, label_ids) -> float | None:
+    """Mean cross-entropy over the labelled rows of gathered evaluation outputs.
+
+    The Trainer's own ``eval_loss`` averages per-batch losses; with several processes the last batch is evened out
+    with repeated rows, which enter that average. The gathered logits have those rows removed, so the loss
+    recomputed from them is the one a single process reports."""
+    if isinstance(predictions, tuple):
+        predictions = predictions[0]
+    if predictions is None or label_ids is None or isinstance(label_ids, tuple):
+        return None
+    logits, labels = torch.as_tensor(predictions).float(), torch.as_tensor(label_ids)
+    if labels.is_floating_point() or logits.ndim != 2 or labels.shape != logits.shape[:1]:
+        return None  # not single-label classification (regression, multi-label): keep the Trainer's loss
+    labels = labels.long()
+    keep = labels != -100
+    if not keep.any() or int(labels[keep].max()) >= logits.shape[1] or int(labels[keep].min()) < 0:
+        return None
+    return float(F.cross_entropy(logits[keep], labels[keep]))
 
 
 class MethodStack(nn.Module):
@@ -235,9 +262,15 @@ class TransferTrainer(Trainer):
             raise ValueError("TransferTrainer.compute_loss needs `labels` in the batch")
         if domain is None:
             domain = torch.zeros_like(labels)
-        source = domain == 0
+        # Target rows and unlabelled rows weigh 0 in the task loss. Weighting rather than selecting the source rows
+        # (logits[domain == 0]) keeps the step free of host reads: a boolean-mask select waits on the device.
+        labelled = (domain == 0) & (labels != -100)
+        row_weight = labelled.to(torch.float32) if weights is None else weights.float() * labelled
+        # Several processes: the task loss and every method's loss are those of the global batch (see
+        # hf_transfer.distributed), so N processes train like one with the same global batch.
+        global_batch = model.training and self.accelerator.num_processes > 1
         task_loss = weighted_cross_entropy(
-            logits[source], labels[source], None if weights is None else weights[source]
+            logits, labels.masked_fill(~labelled, -100), row_weight, global_batch=global_batch
         )
         loss = task_loss
         terms = {"task_loss": task_loss}
@@ -250,6 +283,8 @@ class TransferTrainer(Trainer):
                 sample_weight=weights,
                 progress=self._progress(),
             )
+            if global_batch:
+                batch = gather_step_batch(batch)
             aux_loss, logs = self._method_runner(batch)
             loss = loss + aux_loss
             for key, value in logs.items():
@@ -296,6 +331,17 @@ class TransferTrainer(Trainer):
                 # A second on_evaluate, with these metrics only, lets EarlyStoppingCallback watch them.
                 self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, extra)
         return metrics
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only=prediction_loss_only,
+                                         ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        key = f"{metric_key_prefix}_loss"
+        if key in output.metrics:
+            exact = exact_eval_loss(output.predictions, output.label_ids)
+            if exact is not None:
+                output.metrics[key] = exact
+        return output
 
     # ---- checkpoints: method state travels with the optimizer state ------------------------------------------
 

@@ -34,29 +34,46 @@ def read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> str:
-    """A 2-layer, 32-wide BERT with random weights and the real MiniLM tokenizer, saved as a local folder."""
+def save_tiny_bert(folder: Path, **config) -> str:
+    """A 2-layer, 32-wide BERT with random weights (seed 0) and the real MiniLM tokenizer, saved in ``folder``;
+    ``config`` overrides BertConfig fields."""
+    import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from hf_transfer.backbones import resolve_model_path
 
-    folder = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("sentence-transformers/all-MiniLM-L6-v2"))
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    import torch
-
+    fields = dict(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=64, max_position_embeddings=128)
     torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
+    BertModel(BertConfig(**{**fields, **config})).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A 2-layer, 32-wide BERT with random weights and the real MiniLM tokenizer, saved as a local folder."""
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def no_dropout_model_dir(tmp_path_factory) -> str:
+    """The tiny BERT without dropout (whose masks are per-process random draws), for tests that compare a
+    several-process run with a one-process run; wider initial weights make features differ between rows (at the
+    default 0.02 every row's feature is nearly the same, and MMD's kernel bandwidth is ~1e-6, where round-off alone
+    changes the loss)."""
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert-no-dropout"), hidden_dropout_prob=0.0,
+                          attention_probs_dropout_prob=0.0, initializer_range=0.5)
+
+
+def accelerate_launch(*args: str, num_processes: int = 2) -> list[str]:
+    """The command that runs ``args`` (``-m hf_transfer train ...`` or a script) under ``accelerate launch`` with
+    recipes/accelerate/multi_cpu.yaml: ``num_processes`` gloo processes on the CPU."""
+    import sys
+
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+            str(REPO / "recipes/accelerate/multi_cpu.yaml"), "--num_processes", str(num_processes), *args]
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,8 @@ import numpy as np
 from ..errors import DataError
 
 FEATURE_KINDS = ("mean", "head_input")
+#: a streamed domain is sampled through a shuffle buffer of this many times ``max_samples`` rows
+STREAM_BUFFER_FACTOR = 10
 
 
 @dataclass
@@ -26,7 +28,8 @@ class DomainSample:
     spec: str
     texts: list[str]
     labels: np.ndarray | None
-    n_total: int = 0  # rows in the whole dataset, before sampling
+    n_total: int = 0  # rows in the whole dataset, before sampling (a streamed one: the rows read, a lower bound)
+    streamed: bool = False
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -50,21 +53,41 @@ def load_domain(
     seed: int = 0,
     split: str = "train",
     name: str | None = None,
+    streaming: bool = False,
 ) -> DomainSample:
     """Read a file, folder or Hub dataset id and keep a seeded random sample of at most ``max_samples`` rows.
 
     Labels are read when ``label_column`` exists and every kept row has one; they must be integers or strings
     (strings are mapped to ids in sorted order, the convention of :func:`hf_transfer.data.infer_label_space`).
-    """
-    from ..data import load_table, require_column
 
-    table = load_table(spec, field=field, split=split)
-    require_column(table, text_column, field=field, spec=spec, option="text_column")
-    n_total = len(table)
-    if max_samples is not None:
-        if max_samples < 2:
-            raise DataError(f"max_samples: must be at least 2, got {max_samples}")
-        if len(table) > max_samples:
+    With ``streaming=True`` the dataset is never materialised: the sample is the first ``max_samples`` rows out of a
+    seeded shuffle buffer of ``STREAM_BUFFER_FACTOR * max_samples`` rows, so at most that many rows are read (a file
+    sorted by class in longer runs than that gives a one-class sample: shuffle it first). ``n_total`` is then the
+    number of rows read, a lower bound of the dataset's size.
+    """
+    from ..data import load_table, require_column, take_rows
+
+    if max_samples is not None and max_samples < 2:
+        raise DataError(f"max_samples: must be at least 2, got {max_samples}")
+    if streaming:
+        if max_samples is None:
+            raise DataError("max_samples: a streamed domain needs a bound; set max_samples")
+        read = [0]  # rows pulled from the stream, counted as they pass
+
+        def count(batch: dict[str, list]) -> dict[str, list]:
+            read[0] += len(next(iter(batch.values()), []))
+            return {}
+
+        stream = load_table(spec, field=field, split=split, streaming=True).map(count, batched=True)
+        stream = stream.shuffle(seed=seed, buffer_size=STREAM_BUFFER_FACTOR * max_samples)
+        table = take_rows(stream, max_samples, field=field, spec=spec)
+        require_column(table, text_column, field=field, spec=spec, option="text_column")
+        n_total = read[0]
+    else:
+        table = load_table(spec, field=field, split=split)
+        require_column(table, text_column, field=field, spec=spec, option="text_column")
+        n_total = len(table)
+        if max_samples is not None and len(table) > max_samples:
             table = table.shuffle(seed=seed).select(range(max_samples))
     texts = [t if isinstance(t, str) else "" for t in table[text_column]]
     labels = None
@@ -76,7 +99,7 @@ def load_domain(
                 labels = np.array([names.index(str(v)) for v in values], dtype=np.int64)
             else:
                 labels = np.asarray(values, dtype=np.int64)
-    return DomainSample(name or domain_name(spec), spec, texts, labels, n_total)
+    return DomainSample(name or domain_name(spec), spec, texts, labels, n_total, streamed=streaming)
 
 
 def load_encoder(model_name_or_path: str):

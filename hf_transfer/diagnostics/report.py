@@ -85,6 +85,7 @@ def diagnose(
     max_length: int = 128,
     thresholds: Thresholds | None = None,
     seed: int = 0,
+    streaming: bool = False,
 ) -> DiagnosticsReport:
     """Measure how ``source`` (one or several datasets) transfers to ``target``; see the module docstring.
 
@@ -99,12 +100,16 @@ def diagnose(
         target_labeled_rows: how many labelled target rows you could train on, for the advisor (default: every
             target row when the target has labels, else 0). The scores use the labels of the sample either way.
         target_accuracy: a wanted accuracy; the learning curve's power law says how many labels it would take.
+        streaming: read every dataset as a stream and sample it through a bounded shuffle buffer (see
+            :func:`~hf_transfer.diagnostics.features.load_domain`), never materialising it: for datasets too large
+            to load. The dataset sizes the advisor and the power law use are then the rows read, lower bounds.
     """
     sources = [source] if isinstance(source, str) else list(source)
     if not sources:
         raise UserError("source: give at least one source dataset")
     models = list(models) or [DEFAULT_MODEL]
-    common = dict(text_column=text_column, label_column=label_column, max_samples=max_samples, seed=seed)
+    common = dict(text_column=text_column, label_column=label_column, max_samples=max_samples, seed=seed,
+                  streaming=streaming)
     src = [load_domain(s, field="source", **common) for s in sources]
     names = [s.name for s in src]
     if len(set(names)) < len(names):  # two files with one stem: fall back to the specs
@@ -118,7 +123,7 @@ def diagnose(
     results: dict[str, Any] = {
         "source": [s.spec for s in src], "target": tgt.spec, "models": models, "max_samples": max_samples,
         "n_source": {s.name: len(s) for s in src}, "n_target": len(tgt),
-        "target_labels_used": target_labels is not None, "seed": seed,
+        "target_labels_used": target_labels is not None, "seed": seed, "streaming": streaming,
     }
     feats: dict[str, dict[str, np.ndarray]] = {}
     distances: dict[str, dict[str, dict[str, float]]] = {}

@@ -1,9 +1,10 @@
 """The before/after picture every training run with a target writes: t-SNE of source vs target features from the
 pretrained backbone (before) and from the trained one (after), as ``diagnostics_tsne.png`` beside the model.
 
-Cheap by construction: a seeded sample of at most ``HF_TRANSFER_TSNE_ROWS`` rows per domain (default 100), one
-frozen forward pass over them before training and one after, two short t-SNEs (500 iterations) of a few hundred
-points, on the main process only: a second or two on a CPU. ``HF_TRANSFER_TSNE_PLOT=0`` turns it off.
+Cheap by construction: a seeded sample of at most ``HF_TRANSFER_TSNE_ROWS`` rows per domain (default 100; the
+first rows of a streamed domain), one frozen forward pass over them before training and one after, two short t-SNEs
+(500 iterations) of a few hundred points, on the main process only: a second or two on a CPU.
+``HF_TRANSFER_TSNE_PLOT=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ ROWS_ENV = "HF_TRANSFER_TSNE_ROWS"
 
 
 def _sample(dataset, rows: int, seed: int):
+    from ..data import bounded_rows
+
+    dataset = bounded_rows(dataset, rows, seed=seed)  # the first rows of a stream (streaming: true)
     columns = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in dataset.column_names]
-    if len(dataset) > rows:
-        dataset = dataset.shuffle(seed=seed).select(range(rows))
     return dataset.select_columns(columns)
 
 

@@ -12,7 +12,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils import check_random_state
 from tqdm.auto import tqdm
 
-from ._base import BaseWeighting, normalize_mean_one
+from ._base import BaseWeighting, check_features, normalize_mean_one
 
 
 class DensityRatioClassifier(BaseWeighting):
@@ -69,6 +69,8 @@ class DensityRatioClassifier(BaseWeighting):
         (in-sample, so optimistic, when ``cv`` is None).
     classifier_ : estimator or list of estimators
         The fitted classifier (one per fold when ``cv`` is set).
+    scale_ : float
+        The factor that made the flattened ratios mean 1 (before the cap); :meth:`predict_weights` reuses it.
     """
 
     def __init__(
@@ -129,9 +131,46 @@ class DensityRatioClassifier(BaseWeighting):
                 self.classifier_.append(clf)
         self.proba_target_ = p
         self.domain_auc_ = float(roc_auc_score(d, p))
-        ps = np.clip(p[:n_s], self.clip_proba, 1.0 - self.clip_proba)
-        self.ratio_ = ps / (1.0 - ps) * (n_s / n_t)
-        return normalize_mean_one(self.ratio_**self.power, self.max_weight)
+        self.prior_ratio_ = n_s / n_t
+        self.ratio_ = self._ratio(p[:n_s])
+        flat = self.ratio_**self.power
+        weights = normalize_mean_one(flat, self.max_weight)
+        # The scale normalize_mean_one solved for, read off the smallest ratio (capped only if every row is), so that
+        # predict_weights puts rows the fit never saw on the same scale as weights_.
+        smallest = int(np.argmin(flat))
+        self.scale_ = float(weights[smallest] / flat[smallest])
+        return weights
+
+    def _ratio(self, proba_target: np.ndarray) -> np.ndarray:
+        ps = np.clip(proba_target, self.clip_proba, 1.0 - self.clip_proba)
+        return ps / (1.0 - ps) * self.prior_ratio_
+
+    def predict_weights(self, X) -> np.ndarray:
+        """Weights of new rows, on the scale of ``weights_``: the fitted classifier's odds (averaged over the fold
+        classifiers when ``cv`` is set) with the same clipping, ``power``, mean-1 scale and ``max_weight`` cap.
+
+        For a row seen in ``fit`` (and ``cv`` None) this is its entry of ``weights_``; for rows drawn from the same
+        source distribution the weights average about 1. This is what lets weights estimated on a sample be applied
+        to rows streamed later (``streaming: true``).
+
+        Parameters
+        ----------
+        X : array-like or torch.Tensor, shape (n, d)
+            Rows to weight (same features as in ``fit``).
+
+        Returns
+        -------
+        np.ndarray, shape (n,)
+        """
+        if not hasattr(self, "scale_"):
+            raise RuntimeError("DensityRatioClassifier is not fitted yet; call fit(Xs, Xt) first")
+        X = check_features(X, "X")
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X: has {X.shape[1]} features, the model was fitted on {self.n_features_in_}")
+        classifiers = self.classifier_ if isinstance(self.classifier_, list) else [self.classifier_]
+        p = np.mean([self._proba_target(clf, X) for clf in classifiers], axis=0)
+        w = self.scale_ * self._ratio(p) ** self.power
+        return w if self.max_weight is None else np.minimum(w, self.max_weight)
 
     @staticmethod
     def _proba_target(clf, X: np.ndarray) -> np.ndarray:

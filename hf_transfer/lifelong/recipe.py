@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import RecipeError, unknown_choice
+from ..launch_check import check_launched_engine
 from ..meta.recipe import TaskListRecipe, load_task_list_recipe
 
 LIFELONG_METHODS = ("naive", "adapter", "ewc", "l2sp", "replay")
@@ -78,4 +79,5 @@ def load_lifelong_recipe(raw: dict[str, Any], overrides: dict[str, Any]) -> Life
                           "block or change lifelong_method")
     if len(lists["tasks"]) < 2:
         raise RecipeError("tasks: a lifelong recipe needs at least two tasks in sequence")
+    check_launched_engine(recipe_kind="lifelong")  # DDP only: FSDP / DeepSpeed launches are refused with the reason
     return LifelongRecipe(base, args, lists)

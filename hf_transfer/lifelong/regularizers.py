@@ -14,7 +14,7 @@ time (a batch's mean gradient squared would underestimate it).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -25,10 +25,19 @@ def trainable(model: nn.Module) -> dict[str, nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
-def fisher_diagonal(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], *,
-                    max_examples: int | None = None) -> dict[str, torch.Tensor]:
+def fisher_diagonal(
+    model: nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    *,
+    max_examples: int | None = None,
+    sum_over_processes: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
     """Empirical Fisher diagonal of ``model``'s trainable parameters over labelled ``batches`` (dicts with
-    ``labels``; the model returns ``.logits``), one example at a time, at most ``max_examples``."""
+    ``labels``; the model returns ``.logits``), one example at a time, at most ``max_examples``.
+
+    ``sum_over_processes``: with several processes, each passes its own share of the examples and this function
+    (e.g. ``lambda t: accelerator.reduce(t, "sum")``) adds up their squared-gradient sums and example counts, so
+    every process returns the same Fisher: that of all the examples, as one process computes it."""
     params = trainable(model)
     fisher = {n: torch.zeros_like(p) for n, p in params.items()}
     count = 0
@@ -53,6 +62,14 @@ def fisher_diagonal(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]
                 count += 1
     finally:
         model.train(was_training)
+    if sum_over_processes is not None:  # one collective for all parameters and the count
+        names = list(fisher)
+        parts = [fisher[n].float().reshape(-1) for n in names]
+        flat = torch.cat([*parts, parts[0].new_tensor([count])])
+        flat = sum_over_processes(flat)
+        count = int(flat[-1].round())
+        sizes = [fisher[n].numel() for n in names]
+        fisher = {n: part.view_as(fisher[n]).to(fisher[n].dtype) for n, part in zip(names, flat[:-1].split(sizes))}
     if count == 0:
         raise ValueError("fisher_diagonal: no examples")
     return {n: f / count for n, f in fisher.items()}
@@ -67,8 +84,11 @@ class EWC:
         self.fisher: dict[str, torch.Tensor] = {}
         self.anchor: dict[str, torch.Tensor] = {}
 
-    def consolidate(self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> None:
-        new = fisher_diagonal(model, batches, max_examples=self.max_examples)
+    def consolidate(self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], *,
+                    sum_over_processes: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """Add the Fisher of ``batches`` at the current weights and make them the anchor (see
+        :func:`fisher_diagonal` for ``sum_over_processes``)."""
+        new = fisher_diagonal(model, batches, max_examples=self.max_examples, sum_over_processes=sum_over_processes)
         for name, f in new.items():
             self.fisher[name] = self.gamma * self.fisher[name] + f if name in self.fisher else f
         self.anchor = {n: p.detach().clone() for n, p in trainable(model).items()}

@@ -15,10 +15,19 @@ One classification head is shared by every task except with ``adapter`` (the dom
 must have the same classes). The output folder holds the final model (a plain classifier, or the PEFT adapters, one
 per task), ``accuracy_matrix.json`` and ``accuracy_matrix.png``, ``metrics.json`` (average accuracy and forgetting
 after every step), ``recipe.yaml`` and a model card.
+
+Under ``accelerate launch`` (DDP, e.g. ``recipes/accelerate/multi_cpu.yaml``) each process trains on its shard of
+every task, as the Trainer shards any dataset, and every process must keep the same copy of everything the next
+task depends on. So the accuracy matrix and the EWC Fisher are each computed on a disjoint share of the rows per
+process and summed over the processes (the same numbers as one process, every row counted once); the replay
+buffer is built from the whole task on every process (seeded) and compared between them by a hash; outputs are
+written by the main process only. FSDP and DeepSpeed are refused (:mod:`hf_transfer.launch_check`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,25 +89,58 @@ class Collator:
         return batch
 
 
-def _batches(table: Dataset, collate: Collator, batch_size: int, device, limit: int | None = None):
-    count = len(table) if limit is None else min(limit, len(table))
-    for start in range(0, count, batch_size):
-        rows = table.select(range(start, min(start + batch_size, count))).to_list()
+class Processes:
+    """This process's share of per-row work, and sums over all processes (with one process: every row, and the
+    identity). What every process must hold identically (the accuracy matrix, the Fisher) is computed from disjoint
+    shares and summed, so each row counts once whatever the number of processes."""
+
+    def __init__(self, accelerator=None):
+        self.accelerator = accelerator
+        self.index = accelerator.process_index if accelerator is not None else 0
+        self.count = accelerator.num_processes if accelerator is not None else 1
+
+    def shard(self, table: Dataset) -> Dataset:
+        """Rows ``index, index + count, ...`` of ``table``: disjoint shares that together hold every row once."""
+        return table if self.count == 1 else table.select(range(self.index, len(table), self.count))
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor if self.count == 1 else self.accelerator.reduce(tensor, reduction="sum")
+
+    def check_same(self, what: str, value: Any) -> None:
+        """Raise if ``value`` (anything JSON can write) differs between the processes; compared by a hash."""
+        if self.count == 1:
+            return
+        digest = hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).digest()
+        local = torch.tensor([int.from_bytes(digest[:7], "big")], dtype=torch.long, device=self.accelerator.device)
+        every = self.accelerator.gather(local)
+        if not bool((every == every[0]).all()):
+            raise RuntimeError(f"lifelong: the {what} differs between processes; every process must build the same "
+                               "one (same data files, same seed)")
+
+
+def _batches(table: Dataset, collate: Collator, batch_size: int, device):
+    for start in range(0, len(table), batch_size):
+        rows = table.select(range(start, min(start + batch_size, len(table)))).to_list()
         yield {k: v.to(device) for k, v in collate(rows).items()}
 
 
 @torch.no_grad()
-def accuracy(model: torch.nn.Module, table: Dataset, collate: Collator, *, batch_size: int = 64) -> float:
-    """Accuracy of ``model`` on a tokenised table with ``labels``."""
+def accuracy(model: torch.nn.Module, table: Dataset, collate: Collator, *, batch_size: int = 64,
+             processes: Processes | None = None) -> float:
+    """Accuracy of ``model`` on a tokenised table with ``labels``; with ``processes``, each scores its share of the
+    rows and the counts are summed, so every process returns the accuracy on the whole table."""
+    processes = processes or Processes()
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
+    rows = processes.shard(table)
     correct = 0
-    for batch in _batches(table, collate, batch_size, device):
+    for batch in _batches(rows, collate, batch_size, device):
         labels = batch.pop("labels")
         correct += int((model(**batch).logits.argmax(-1) == labels).sum())
     model.train(was_training)
-    return correct / len(table)
+    counts = processes.sum(torch.tensor([correct, len(rows)], dtype=torch.float64, device=device))
+    return float(counts[0] / counts[1])
 
 
 def train_lifelong(recipe: LifelongRecipe | str | dict | None = None, **overrides: Any) -> LifelongResult:
@@ -151,6 +193,8 @@ def train_lifelong(recipe: LifelongRecipe | str | dict | None = None, **override
     start = time.time()
     for i, task in enumerate(tasks):
         if method == "adapter":
+            # Seeded per task, so the new adapter starts the same however many processes trained the earlier ones.
+            set_seed(args.seed + i)
             model = _add_adapter(model, task.name, peft_block)
         train_rows = task.train
         if buffer is not None and len(buffer):
@@ -160,17 +204,22 @@ def train_lifelong(recipe: LifelongRecipe | str | dict | None = None, **override
                                  processing_class=tokenizer, penalty=penalty)
         trainer.train()
         model = trainer.accelerator.unwrap_model(trainer.model)
+        processes = Processes(trainer.accelerator)
         if ewc is not None:
-            ewc.consolidate(model, _batches(task.train.shuffle(seed=args.seed), collate,
-                                            args.per_device_eval_batch_size, args.device, limit=ll.fisher_samples))
+            shuffled = task.train.shuffle(seed=args.seed)
+            rows = processes.shard(shuffled.select(range(min(ll.fisher_samples, len(shuffled)))))
+            ewc.consolidate(model, _batches(rows, collate, args.per_device_eval_batch_size, args.device),
+                            sum_over_processes=processes.sum)
         if buffer is not None:
             buffer.add_task(task.name, task.train.to_list())
+            processes.check_same("replay buffer", buffer.rows())
         for j, other in enumerate(tasks):
             if j > i and (not ll.eval_future_tasks or method == "adapter"):
                 continue  # an adapter for a task not seen yet does not exist
             if method == "adapter":
                 model.set_adapter(other.name)
-            matrix[i, j] = accuracy(model, other.eval, collate, batch_size=args.per_device_eval_batch_size)
+            matrix[i, j] = accuracy(model, other.eval, collate, batch_size=args.per_device_eval_batch_size,
+                                    processes=processes)
         if method == "adapter":
             model.set_adapter(task.name)
         if trainer.is_world_process_zero():

@@ -3,8 +3,9 @@
 A *task* is a pool of labelled rows: a domain (one file), a dataset, or a label subset of one (see
 :func:`label_subset_tasks`). Episode ``i`` is a pure function of ``(seed, i)``: the sampler needs no state, two
 samplers with the same seed give the same episodes in any order, and under data parallelism process ``r`` of ``W``
-takes episodes ``step * W + r`` (:meth:`EpisodeSampler.for_process`), so processes never train on the same episode
-and none needs to talk to another to agree.
+takes episodes ``(step * W + r) * E + i`` for ``i < E`` episodes per process (:meth:`EpisodeSampler.for_process`),
+so processes never train on the same episode, none needs to talk to another to agree, and a step's episodes are
+the same for any ``W`` with the same global count ``W * E``.
 
 Per episode: pick a task (uniformly among those that can fill an episode), pick ``n_way`` of its classes, then for
 each class ``k_shot`` support rows and ``n_query`` query rows, disjoint. Episode label ``j`` is the ``j``-th picked
@@ -140,9 +141,14 @@ class EpisodeSampler:
     def take(self, count: int, *, start: int = 0) -> list[Episode]:
         return [self.episode(i) for i in range(start, start + count)]
 
-    def for_process(self, step: int, *, process_index: int = 0, num_processes: int = 1) -> Episode:
-        """The episode process ``process_index`` of ``num_processes`` trains at outer step ``step``."""
-        return self.episode(step * num_processes + process_index)
+    def for_process(self, step: int, *, process_index: int = 0, num_processes: int = 1,
+                    per_process: int = 1) -> list[Episode]:
+        """The ``per_process`` episodes process ``process_index`` of ``num_processes`` trains at outer step ``step``.
+
+        Episodes are numbered globally, ``num_processes * per_process`` a step, so one process with 2 a step trains
+        on exactly the episodes two processes with 1 a step share between them."""
+        first = (step * num_processes + process_index) * per_process
+        return self.take(per_process, start=first)
 
 
 def _rows_by_class(labels: Sequence[int]) -> dict[int, np.ndarray]:

@@ -59,6 +59,9 @@ class MetaArguments:
         default=None, metadata={"help": "protonet: logits are divided by it (default 1 for euclidean, 0.1 cosine)."}
     )
     pooling: str = field(default="mean", metadata={"help": "Text embedding: mean of the token states, or cls."})
+    episodes_per_device: int = field(
+        default=1, metadata={"help": "Episodes each process trains on per outer step; their meta-gradients are "
+                             "averaged (the meta-batch is episodes_per_device x processes, like a batch size)."})
     inner_steps: int = field(default=5, metadata={"help": "fomaml/reptile: SGD steps on the support set."})
     inner_lr: float = field(default=1e-2, metadata={"help": "fomaml/reptile: inner-loop SGD learning rate."})
     inner_params: str = field(
@@ -89,7 +92,7 @@ class MetaArguments:
                 raise unknown_choice(name, getattr(self, name), choices)
         if self.eval_adapt is not None and self.eval_adapt not in ADAPT_METHODS:
             raise unknown_choice("eval_adapt", self.eval_adapt, ADAPT_METHODS)
-        for name in ("k_shot", "n_query", "eval_episodes", "eval_n_query"):
+        for name in ("k_shot", "n_query", "eval_episodes", "eval_n_query", "episodes_per_device"):
             if getattr(self, name) < 1:
                 raise RecipeError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.eval_episodes < 2:

@@ -1,10 +1,11 @@
 """``train_meta``: meta-train an encoder on episodes from a recipe's tasks, evaluate it few-shot on held-out tasks,
 and save it as a plain encoder.
 
-The outer loop runs under Accelerate: every process draws its own episode for a step
-(:meth:`~hf_transfer.meta.episodes.EpisodeSampler.for_process`), computes the episode's meta-gradient into ``.grad``
-(by backpropagation for protonet and hypernet, by the inner loop for FOMAML and Reptile), the gradients are averaged
-across processes, and one optimiser step follows. The model is not wrapped in DDP: the inner loop updates the
+The outer loop runs under Accelerate: every process draws its own ``episodes_per_device`` episodes for a step
+(:meth:`~hf_transfer.meta.episodes.EpisodeSampler.for_process`), computes each episode's meta-gradient (by
+backpropagation for protonet and hypernet, by the inner loop for FOMAML and Reptile), the gradients are averaged over
+the step's episodes on all processes, and one optimiser step follows: N processes with E episodes each train like one
+process with N * E. The model is not wrapped in DDP: the inner loop updates the
 parameters in place, and an explicit all-reduce of the final meta-gradient is what DDP would do, once per step.
 
 The output folder holds the encoder as an ordinary ``AutoModel`` (LoRA merged in) with its tokenizer, so
@@ -155,18 +156,26 @@ def train_meta(recipe: MetaRecipe | str | os.PathLike | dict | None = None, **ov
     learner.train()
     start, losses, log = time.time(), [], []
     for step in range(steps):
-        ep = sampler.for_process(step, process_index=rank, num_processes=world)
-        pool = pools[ep.task]
-        optimizer.zero_grad(set_to_none=True)
-        loss = learner.meta_step(pool.batch(ep.support), torch.as_tensor(ep.support_labels, device=pool.device),
-                                 pool.batch(ep.query), torch.as_tensor(ep.query_labels, device=pool.device),
-                                 ep.n_way)
-        if world > 1:
-            for p in params:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.SUM)
-                p.grad /= world
+        episodes = sampler.for_process(step, process_index=rank, num_processes=world,
+                                       per_process=meta.episodes_per_device)
+        grads, episode_losses = None, []
+        for ep in episodes:
+            pool = pools[ep.task]
+            optimizer.zero_grad(set_to_none=True)
+            episode_losses.append(learner.meta_step(
+                pool.batch(ep.support), torch.as_tensor(ep.support_labels, device=pool.device),
+                pool.batch(ep.query), torch.as_tensor(ep.query_labels, device=pool.device), ep.n_way))
+            step_grads = [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params]
+            grads = step_grads if grads is None else [a + b for a, b in zip(grads, step_grads)]
+        loss = torch.tensor(float(np.mean(episode_losses)), dtype=torch.float64)
+        if world > 1:  # DDP's all-reduce, done once per step (the model is not wrapped: see the module docstring)
+            for g in grads:
+                torch.distributed.all_reduce(g, op=torch.distributed.ReduceOp.SUM)
+            loss = loss.to(accelerator.device)
+            torch.distributed.all_reduce(loss, op=torch.distributed.ReduceOp.SUM)
+        for p, g in zip(params, grads):
+            p.grad = g / (world * len(episodes))
+        loss = float(loss) / world
         if args.max_grad_norm and meta.meta_method != "reptile":
             torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
         optimizer.step()

@@ -220,10 +220,12 @@ class AdversarialDomainMethod(TransferMethod):
 
     def forward(self, batch: StepBatch) -> MethodOutput:
         coeff = self.current_lambda(batch.progress)
-        if not (batch.source_mask.any() and batch.target_mask.any()):
-            # A zero that still touches every discriminator parameter, so DDP sees them all used.
-            return MethodOutput(zero_loss(batch, self.discriminator), {"lambda": coeff})
-        return self.adversarial_step(batch, coeff, source_row_weight(batch))
+        out = self.adversarial_step(batch, coeff, source_row_weight(batch))
+        # A batch that holds one domain only trains nothing: the loss is gated on the device rather than skipped by
+        # an `if` (which would wait on the device every step). Gated, it still touches every discriminator
+        # parameter, so DDP sees them all used. domain_bce stays finite with an empty side, so 0 * loss is 0.
+        both_domains = batch.source_mask.any() & batch.target_mask.any()
+        return MethodOutput(out.loss * both_domains.to(out.loss.dtype), out.logs)
 
     def adversarial_step(self, batch: StepBatch, coeff: float, row_weight: torch.Tensor | None) -> MethodOutput:
         raise NotImplementedError

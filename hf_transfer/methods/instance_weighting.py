@@ -3,7 +3,9 @@
 Before training, the pretrained backbone embeds every source and target row (one frozen pass, batched, with a
 progress bar); an estimator from :mod:`hf_transfer.instance` (``density_ratio`` by default; ``kmm``, ``kliep``,
 ``nearest_neighbors``) turns the two feature sets into one non-negative weight per source row; the weights become
-the ``sample_weight`` column and the trainer's supervised loss becomes the weight-normalised cross-entropy.
+the ``sample_weight`` column and the trainer's supervised loss becomes the weight-normalised cross-entropy. With
+``streaming: true`` the estimator is fitted on a bounded sample and scores each streamed batch as it is read
+(:func:`add_streaming_weights`).
 
 It adds no loss of its own, so it combines with any method: ``method: [instance_weighting, dann]`` trains DANN
 on the re-weighted source. The weights' summary (effective sample size, max ...) goes into ``metrics.json``
@@ -12,7 +14,9 @@ under ``instance_weights/`` and the weights themselves into ``instance_weights.n
 
 from __future__ import annotations
 
+import copy
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,52 +84,105 @@ class InstanceWeightingConfig(MethodConfig):
 FORWARD_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
 
 
-@torch.no_grad()
-def embed(model, dataset, collator, *, kind: str, batch_size: int, device, desc: str) -> np.ndarray:
-    """Frozen features of every row of a tokenised dataset, shape ``(n, d)``, in dataset order."""
+@contextmanager
+def _feature_pass(model, *, kind: str, tokens: bool):
+    """Put ``model`` in eval mode and yield ``features(batch, device) -> (b, d)`` float32 CPU tensor; restore the mode
+    (and remove the hook) on exit. One definition of the features, for whole tables (:func:`embed`) and for batches of
+    a stream (:class:`StreamingWeights`)."""
     from ..backbones import FeatureTap, _unwrap, backbone_prefix, find_feature_module
-    from ..data import MODEL_INPUT_KEYS
 
     was_training = model.training
     model.eval()
-    columns = [c for c in MODEL_INPUT_KEYS if c in dataset.column_names]
-    loader = DataLoader(dataset.select_columns(columns), batch_size=batch_size, collate_fn=collator)
     tap = None
     # Images have no token mask to mean-pool over: their feature is always what the head receives.
-    if kind == "head_input" or "input_ids" not in columns:
+    if kind == "head_input" or not tokens:
         _, module = find_feature_module(model, model.config.num_labels)
         tap = FeatureTap(module)
     inner = _unwrap(model)
     backbone = getattr(inner, backbone_prefix(inner))
-    chunks = []
+
+    @torch.no_grad()
+    def features(batch: dict[str, torch.Tensor], device) -> torch.Tensor:
+        batch = {k: v.to(device) for k, v in batch.items() if k in FORWARD_INPUTS}
+        if tap is not None:
+            model(**batch)
+            return tap.pop().float().cpu()
+        hidden = backbone(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return ((hidden * mask).sum(1) / mask.sum(1).clamp_min(1)).float().cpu()
+
     try:
-        for batch in tqdm(loader, desc=desc, leave=False):
-            batch = {k: v.to(device) for k, v in batch.items() if k in FORWARD_INPUTS}
-            if tap is not None:
-                model(**batch)
-                chunks.append(tap.pop().float().cpu())
-            else:
-                hidden = backbone(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                chunks.append(((hidden * mask).sum(1) / mask.sum(1).clamp_min(1)).float().cpu())
+        yield features
     finally:
         if tap is not None:
             tap.remove()
         model.train(was_training)
+
+
+def embed(model, dataset, collator, *, kind: str, batch_size: int, device, desc: str) -> np.ndarray:
+    """Frozen features of every row of a tokenised dataset, shape ``(n, d)``, in dataset order."""
+    from ..data import MODEL_INPUT_KEYS
+
+    columns = [c for c in MODEL_INPUT_KEYS if c in dataset.column_names]
+    loader = DataLoader(dataset.select_columns(columns), batch_size=batch_size, collate_fn=collator)
+    with _feature_pass(model, kind=kind, tokens="input_ids" in columns) as features:
+        chunks = [features(batch, device) for batch in tqdm(loader, desc=desc, leave=False)]
     return torch.cat(chunks).numpy()
+
+
+class StreamingWeights:
+    """The ``map`` function that weights a streamed source, batch by batch, as it is read (``streaming: true``).
+
+    Each batch of tokenised rows is embedded by a frozen copy of the pretrained model (the features the estimator
+    was fitted on; the model being trained drifts away from them) and scored with the fitted estimator's
+    ``predict_weights``, so rows the estimator never saw get weights on the scale of the sample's. Deterministic for a
+    given row, so a resumed run re-weights the rows it skips exactly as before.
+    """
+
+    def __init__(self, frozen_model, estimator, collator, *, kind: str, device):
+        self.model, self.estimator, self.collator = frozen_model, estimator, collator
+        self.kind, self.device = kind, device
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        from ..data import MODEL_INPUT_KEYS
+
+        keys = [k for k in MODEL_INPUT_KEYS if k in batch]
+        rows = [dict(zip(keys, values)) for values in zip(*(batch[k] for k in keys))]
+        with _feature_pass(self.model, kind=self.kind, tokens="input_ids" in keys) as features:
+            x = features(self.collator(rows), self.device)
+        return {"sample_weight": self.estimator.predict_weights(x.numpy()).astype(np.float32).tolist()}
+
+
+def _save_weights(weights: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, weights)
+    os.replace(tmp, path)
+
+
+def _make_estimator(config: InstanceWeightingConfig):
+    from ..instance import get_weighting
+
+    try:
+        return get_weighting(config.estimator, **config.estimator_args)
+    except ValueError as err:
+        raise RecipeError(f"instance_weighting.estimator_args: {err}") from None
 
 
 def add_instance_weights(config: InstanceWeightingConfig, context: dict[str, Any]) -> dict[str, Any]:
     """The ``prepare`` hook: put a ``sample_weight`` column on the source training rows.
 
     On several processes the main process estimates and writes ``instance_weights.npy``; the others read it, so every
-    process trains with the same weights.
+    process trains with the same weights. A streamed source (``streaming: true``) is weighted lazily instead: see
+    :func:`add_streaming_weights`.
     """
-    from ..instance import get_weighting, weight_summary
+    from ..instance import weight_summary
 
     data, args = context["data"], context["args"]
     if data.target is None:
         raise RecipeError("instance_weighting: needs target_data (the rows the source is weighted towards)")
+    if getattr(data, "sample_rows", None) is not None:  # streaming: true
+        return add_streaming_weights(config, context)
     path = Path(args.output_dir) / WEIGHTS_FILE
     with args.main_process_first(desc="instance weights"):
         if args.process_index == 0:
@@ -135,15 +192,8 @@ def add_instance_weights(config: InstanceWeightingConfig, context: dict[str, Any
             common = dict(kind=config.features, batch_size=config.feature_batch_size, device=args.device)
             xs = embed(context["model"], data.train, context["collator"], desc="Embedding source", **common)
             xt = embed(context["model"], target, context["collator"], desc="Embedding target", **common)
-            try:
-                estimator = get_weighting(config.estimator, **config.estimator_args)
-            except ValueError as err:
-                raise RecipeError(f"instance_weighting.estimator_args: {err}") from None
-            weights = estimator.fit(xs, xt).weights_.astype(np.float32)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp.npy")
-            np.save(tmp, weights)
-            os.replace(tmp, path)
+            weights = _make_estimator(config).fit(xs, xt).weights_.astype(np.float32)
+            _save_weights(weights, path)
         else:
             weights = np.load(path, allow_pickle=False)
     if len(weights) != len(data.train):
@@ -152,6 +202,49 @@ def add_instance_weights(config: InstanceWeightingConfig, context: dict[str, Any
     data.train = train.add_column("sample_weight", weights.tolist())
     summary = weight_summary(weights)
     context["metrics"].update({f"instance_weights/{k}": v for k, v in summary.items()})
+    return context
+
+
+def add_streaming_weights(config: InstanceWeightingConfig, context: dict[str, Any]) -> dict[str, Any]:
+    """``prepare`` for a streamed source: fit the estimator on a bounded sample, weight every streamed row lazily.
+
+    The estimator sees the first ``streaming_sample_size`` rows the source and target streams yield (through their
+    shuffle buffers; at most ``max_target_rows`` target rows), embedded by a frozen copy of the pretrained model;
+    then :class:`StreamingWeights` scores each source batch as it is read. Only estimators that can score rows they
+    were not fitted on (``predict_weights``: density_ratio, kliep) qualify. Every process fits the same estimator on
+    the same rows (no file to wait for); the main process writes the sample's weights to ``instance_weights.npy``,
+    and their summary goes into the metrics (``instance_weights/n`` is then the sample's size).
+    """
+    from ..data import bounded_rows
+    from ..instance import WEIGHTINGS, weight_summary
+
+    data, args = context["data"], context["args"]
+    estimator = _make_estimator(config)
+    if not hasattr(estimator, "predict_weights"):
+        scorers = sorted(name for name, cls in WEIGHTINGS.items() if hasattr(cls, "predict_weights"))
+        raise RecipeError(
+            f"instance_weighting.estimator: {config.estimator} weights only the rows it is fitted on, so it cannot "
+            f"weight rows streamed later; with streaming: true use {' or '.join(scorers)} (or set streaming: false)"
+        )
+    if estimator.get_params().get("random_state", 0) is None:
+        # Every process, and a resumed run, refits the estimator: the same seed makes them all the same estimator.
+        estimator.set_params(random_state=args.seed)
+    rows = data.sample_rows
+    source = bounded_rows(data.train, rows, field="source_data")
+    target = bounded_rows(data.target, min(rows, config.max_target_rows or rows), field="target_data")
+    frozen = copy.deepcopy(context["model"]).requires_grad_(False).eval()
+    common = dict(kind=config.features, batch_size=config.feature_batch_size, device=args.device)
+    xs = embed(frozen, source, context["collator"], desc="Embedding source sample", **common)
+    xt = embed(frozen, target, context["collator"], desc="Embedding target sample", **common)
+    weights = estimator.fit(xs, xt).weights_.astype(np.float32)
+    if args.process_index == 0:
+        _save_weights(weights, Path(args.output_dir) / WEIGHTS_FILE)
+    data.train = data.train.map(
+        StreamingWeights(frozen, estimator, context["collator"], kind=config.features, device=args.device),
+        batched=True,
+        batch_size=config.feature_batch_size,
+    )
+    context["metrics"].update({f"instance_weights/{k}": v for k, v in weight_summary(weights).items()})
     return context
 
 

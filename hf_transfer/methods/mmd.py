@@ -15,8 +15,8 @@ Estimators of MMD^2 (Gretton et al. 2012, "A Kernel Two-Sample Test", JMLR 13):
 * ``linear``: the unbiased linear-time statistic (Lemma 14 there; DAN eq. 5) over disjoint consecutive pairs
   ``(s_2i, s_2i+1, t_2i, t_2i+1)``; it uses ``2*floor(min(n_s, n_t)/2)`` rows of each side. Noisier, O(n).
 
-Each process estimates the discrepancy on its own shard of the batch under data parallelism, as DAN and JAN do
-per mini-batch; gradients are averaged by the trainer as for any loss.
+Under data parallelism the trainer hands every method the global batch (:mod:`hf_transfer.distributed`), so the
+estimate is over all processes' rows, as one process with the same global batch would compute it.
 """
 
 from __future__ import annotations

@@ -41,10 +41,12 @@ def test_seeded_and_order_free():
 
 def test_processes_get_distinct_episodes():
     sampler = EpisodeSampler([_labels([50, 50])], n_way=2, k_shot=2, n_query=2, seed=0)
-    r0 = sampler.for_process(3, process_index=0, num_processes=2)
-    r1 = sampler.for_process(3, process_index=1, num_processes=2)
+    (r0,) = sampler.for_process(3, process_index=0, num_processes=2)
+    (r1,) = sampler.for_process(3, process_index=1, num_processes=2)
     assert (r0.index, r1.index) == (6, 7)
     assert not np.array_equal(r0.support, r1.support)
+    # one process with 2 episodes a step trains on the episodes 2 processes with 1 a step share
+    assert [ep.index for ep in sampler.for_process(3, per_process=2)] == [6, 7]
 
 
 def test_all_classes_and_separate_query_pool():

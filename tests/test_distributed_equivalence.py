@@ -1,0 +1,169 @@
+"""Two processes train exactly like one with the same global batch, for every method family.
+
+Each case trains the same recipe twice: one process with a batch of 8 rows (or 2 episodes), and
+``accelerate launch --config_file recipes/accelerate/multi_cpu.yaml`` (2 processes, gloo) with 4 rows (or 1 episode)
+each. Then it compares every logged loss step by step, the final metrics and the final weights.
+
+Why the runs can be compared this tightly: the tiny model has no dropout (``no_dropout_model_dir``), the
+optimizer is plain SGD (so weights differ exactly as much as the gradients do; Adam would magnify float noise in
+near-zero gradients), and batches are drawn at random rather than grouped by length (grouping depends on the
+per-process batch size). What remains is float round-off from summing in another order: losses agree to ``RTOL``,
+weights to ``WEIGHT_ATOL``.
+
+What each case proves:
+
+* finetune: the data sharding, the loss average and the evaluation (the Trainer's own ``eval_loss`` counts the rows
+  repeated to even out the last batch; TransferTrainer recomputes it from the gathered logits);
+* dann + mmd: the discriminator sees the global batch, and MMD is estimated over the global batch (8 vs 8 rows), not
+  as the mean of two 4-vs-4 estimates (see hf_transfer.distributed);
+* instance_weighting: the weights are estimated once and shared, and the weight-normalised loss is normalised by
+  the global weight total;
+* multitask: every process draws the same task for a step and its share of the step's rows;
+* meta: one process with 2 episodes a step trains on the episodes two processes with 1 episode each share.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from safetensors.numpy import load_file
+
+from tests.conftest import accelerate_launch
+
+REPO = Path(__file__).resolve().parents[1]
+RTOL = 1e-3
+WEIGHT_ATOL = 1e-5
+STEPS = 4
+
+pytestmark = pytest.mark.slow
+
+
+def common(model_dir: str, out: Path) -> dict:
+    return {"model_name_or_path": model_dir, "output_dir": str(out), "max_length": 32, "max_steps": STEPS,
+            "optim": "sgd", "learning_rate": 0.05, "warmup_steps": 0, "logging_steps": 1, "seed": 11,
+            "per_device_eval_batch_size": 8, "disable_tqdm": True, "report_to": "none"}
+
+
+def transfer_recipe(model_dir, review_files, out, **extra) -> dict:
+    return {**common(model_dir, out), "source_data": review_files["source"], "target_data": review_files["target"],
+            "train_sampling_strategy": "random", "save_strategy": "steps", "save_steps": STEPS, **extra}
+
+
+def run(recipe: dict, tmp_path: Path, name: str, *, processes: int, size_key: str, global_size: int) -> Path:
+    """Train ``recipe`` with ``processes`` processes, each given ``global_size / processes`` of ``size_key``."""
+    recipe = {**recipe, "output_dir": str(tmp_path / name), size_key: global_size // processes}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    train = ["-m", "hf_transfer", "train", str(path)]
+    cmd = [sys.executable, *train] if processes == 1 else accelerate_launch(*train, num_processes=processes)
+    # One thread a process: the two runs then sum in the same order within each matmul.
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert out.stdout.count("written to") == 1  # the main process alone writes and reports
+    return tmp_path / name
+
+
+def pair(recipe: dict, tmp_path: Path, *, size_key: str = "per_device_train_batch_size",
+         global_size: int = 8) -> tuple[Path, Path]:
+    one = run(recipe, tmp_path, "one", processes=1, size_key=size_key, global_size=global_size)
+    two = run(recipe, tmp_path, "two", processes=2, size_key=size_key, global_size=global_size)
+    return one, two
+
+
+def assert_same_metrics(one: Path, two: Path, keys: list[str]) -> dict:
+    a = json.loads((one / "metrics.json").read_text())
+    b = json.loads((two / "metrics.json").read_text())
+    for key in keys:
+        assert key in a, f"{key} missing from metrics.json ({sorted(a)})"
+        assert b[key] == pytest.approx(a[key], rel=RTOL, abs=1e-6), key
+    return a
+
+
+def assert_same_weights(one: Path, two: Path, filename: str = "model.safetensors") -> None:
+    a, b = load_file(str(one / filename)), load_file(str(two / filename))
+    assert a.keys() == b.keys()
+    worst = max(float(np.abs(a[k].astype(np.float64) - b[k]).max()) for k in a)
+    assert worst <= WEIGHT_ATOL, f"{filename}: weights differ by up to {worst:.2e}"
+
+
+def logged_steps(run_dir: Path, prefix_keys: tuple[str, ...]) -> list[dict]:
+    state = json.loads((run_dir / f"checkpoint-{STEPS}" / "trainer_state.json").read_text())
+    rows = [{k: v for k, v in entry.items() if k == "step" or k in prefix_keys or k.endswith("/loss")}
+            for entry in state["log_history"] if "loss" in entry]
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    return rows
+
+
+def assert_same_history(one: Path, two: Path, keys: tuple[str, ...] = ("loss", "task_loss")) -> list[dict]:
+    a, b = logged_steps(one, keys), logged_steps(two, keys)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for key in x:
+            assert y[key] == pytest.approx(x[key], rel=RTOL, abs=1e-5), f"step {x['step']}: {key}"
+    return a
+
+
+def test_finetune(no_dropout_model_dir, review_files, tmp_path):
+    one, two = pair(transfer_recipe(no_dropout_model_dir, review_files, tmp_path), tmp_path)
+    assert_same_history(one, two)
+    assert_same_metrics(one, two, ["train_loss", "source_accuracy", "source_loss", "target_accuracy", "target_loss"])
+    assert_same_weights(one, two)
+    state = json.loads((two / f"checkpoint-{STEPS}" / "trainer_state.json").read_text())
+    # 86 training rows (96 minus 10 held out), 8 rows a step: 11 steps an epoch. Had each process trained alone on
+    # all the data, an epoch would be 22 steps.
+    assert state["epoch"] == pytest.approx(STEPS / 11, abs=1e-3)
+    assert (two / f"checkpoint-{STEPS}" / "rng_state_1.pth").is_file()  # both ranks took part
+
+
+def test_dann_and_mmd(no_dropout_model_dir, review_files, tmp_path):
+    recipe = transfer_recipe(no_dropout_model_dir, review_files, tmp_path, method=["dann", "mmd"],
+                             dann={"dropout": 0.0, "hidden_size": 16})
+    one, two = pair(recipe, tmp_path)
+    history = assert_same_history(one, two, ("loss", "task_loss", "dann/domain_accuracy"))
+    assert all(abs(h["mmd/loss"]) > 1e-4 for h in history)  # the MMD term is really in play
+    assert_same_metrics(one, two, ["train_loss", "target_accuracy", "target_loss"])
+    assert_same_weights(one, two)
+    # the discriminator too
+    assert_same_weights(one / f"checkpoint-{STEPS}", two / f"checkpoint-{STEPS}", "transfer_methods.safetensors")
+
+
+def test_instance_weighting(no_dropout_model_dir, review_files, tmp_path):
+    recipe = transfer_recipe(no_dropout_model_dir, review_files, tmp_path, method="instance_weighting")
+    one, two = pair(recipe, tmp_path)
+    np.testing.assert_allclose(np.load(two / "instance_weights.npy"), np.load(one / "instance_weights.npy"),
+                               rtol=1e-6)
+    assert np.ptp(np.load(one / "instance_weights.npy")) > 0.1  # the weights are not uniform: they matter
+    assert_same_history(one, two)
+    assert_same_metrics(one, two, ["train_loss", "target_accuracy", "target_loss"])
+    assert_same_weights(one, two)
+
+
+def test_multitask_hard_sharing(no_dropout_model_dir, review_files, tmp_path):
+    recipe = {**common(no_dropout_model_dir, tmp_path), "save_strategy": "no",
+              "tasks": [{"name": "books", "data": review_files["source"]},
+                        {"name": "kitchen", "data": review_files["target"]}]}
+    one, two = pair(recipe, tmp_path)
+    assert_same_metrics(one, two, ["train_loss", "books/accuracy", "books/loss", "kitchen/accuracy", "kitchen/loss",
+                                   "books/train_rows", "kitchen/train_rows"])
+    assert_same_weights(one, two)
+
+
+def test_meta_fomaml(no_dropout_model_dir, review_files, tmp_path):
+    recipe = {**common(no_dropout_model_dir, tmp_path), "meta_method": "fomaml", "inner_steps": 1,
+              "n_way": 2, "k_shot": 2, "n_query": 3, "eval_shots": [2], "eval_episodes": 3, "eval_n_query": 4,
+              "tasks": [{"name": "books", "data": review_files["source"]}],
+              "test_tasks": [{"name": "kitchen", "data": review_files["target"], "eval_fraction": 0.5}]}
+    one, two = pair(recipe, tmp_path, size_key="episodes_per_device", global_size=2)
+    metrics = assert_same_metrics(one, two, ["train_loss"])
+    assert_same_weights(one, two)
+    few_shot = [k for k in metrics if k.endswith("accuracy")]
+    assert few_shot
+    assert_same_metrics(one, two, few_shot)
