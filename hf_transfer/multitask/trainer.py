@@ -55,7 +55,8 @@ class MultiTaskTrainer(TransferTrainer):
         self.train_task_sizes = list(train_task_sizes or [])
         self.task_sampling = task_sampling
         self.sampling_temperature = sampling_temperature
-        self.rows_per_task = torch.zeros(len(self.task_names), dtype=torch.long)
+        # Counted on the device and read once at the end: a per-step .cpu() would wait on an accelerator every step.
+        self.rows_per_task = torch.zeros(len(self.task_names), dtype=torch.long, device=self.args.device)
 
     # ---- data ----------------------------------------------------------------------------------------------------
 
@@ -108,7 +109,8 @@ class MultiTaskTrainer(TransferTrainer):
                 value = getattr(outputs, key, None)
                 if value is not None:
                     self._accumulate(key, value.detach())
-            self.rows_per_task += torch.bincount(inputs[TASK_ID_COLUMN].cpu(), minlength=len(self.task_names))
+            self.rows_per_task += torch.bincount(inputs[TASK_ID_COLUMN].to(self.rows_per_task.device),
+                                                 minlength=len(self.task_names))
         return (loss, outputs) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -136,7 +138,7 @@ class MultiTaskTrainer(TransferTrainer):
 
     def total_rows_per_task(self) -> dict[str, int]:
         """Training rows each task contributed, summed over processes (each process counts its own)."""
-        counts = self.rows_per_task.to(self.args.device)
+        counts = self.rows_per_task
         if self.accelerator.num_processes > 1:
             counts = self.accelerator.reduce(counts, reduction="sum")
         return {name: int(c) for name, c in zip(self.task_names, counts.cpu().tolist())}
