@@ -71,7 +71,7 @@ def worker(rank: int, init_file: str, queue) -> None:
 
 
 def test_global_batch_and_gradients_match_one_process(tmp_path):
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("fork")  # the workers inherit the imports: seconds, where spawn re-imports torch
     queue = ctx.Queue()
     procs = [ctx.Process(target=worker, args=(rank, str(tmp_path / "init"), queue)) for rank in range(2)]
     for p in procs:

@@ -14,10 +14,9 @@ What each case proves:
 
 * finetune: the data sharding, the loss average and the evaluation (the Trainer's own ``eval_loss`` counts the rows
   repeated to even out the last batch; TransferTrainer recomputes it from the gathered logits);
-* dann + mmd: the discriminator sees the global batch, and MMD is estimated over the global batch (8 vs 8 rows), not
-  as the mean of two 4-vs-4 estimates (see hf_transfer.distributed);
-* instance_weighting: the weights are estimated once and shared, and the weight-normalised loss is normalised by
-  the global weight total;
+* instance_weighting + dann + mmd, in one run: the weights are estimated once and shared, and the weight-normalised
+  loss is normalised by the global weight total; the discriminator sees the global batch; MMD is estimated over the
+  global batch (8 vs 8 rows), not as the mean of two 4-vs-4 estimates (see hf_transfer.distributed);
 * multitask: every process draws the same task for a step and its share of the step's rows;
 * meta: one process with 2 episodes a step trains on the episodes two processes with 1 episode each share.
 """
@@ -123,27 +122,21 @@ def test_finetune(no_dropout_model_dir, review_files, tmp_path):
     assert (two / f"checkpoint-{STEPS}" / "rng_state_1.pth").is_file()  # both ranks took part
 
 
-def test_dann_and_mmd(no_dropout_model_dir, review_files, tmp_path):
-    recipe = transfer_recipe(no_dropout_model_dir, review_files, tmp_path, method=["dann", "mmd"],
+def test_instance_weighting_dann_and_mmd(no_dropout_model_dir, review_files, tmp_path):
+    # One run for three families (instance weighting, adversarial, kernel discrepancy): the suite stays short.
+    methods = ["instance_weighting", "dann", "mmd"]
+    recipe = transfer_recipe(no_dropout_model_dir, review_files, tmp_path, method=methods,
                              dann={"dropout": 0.0, "hidden_size": 16})
     one, two = pair(recipe, tmp_path)
+    np.testing.assert_allclose(np.load(two / "instance_weights.npy"), np.load(one / "instance_weights.npy"),
+                               rtol=1e-6)
+    assert np.ptp(np.load(one / "instance_weights.npy")) > 0.1  # the weights are not uniform: they matter
     history = assert_same_history(one, two, ("loss", "task_loss", "dann/domain_accuracy"))
     assert all(abs(h["mmd/loss"]) > 1e-4 for h in history)  # the MMD term is really in play
     assert_same_metrics(one, two, ["train_loss", "target_accuracy", "target_loss"])
     assert_same_weights(one, two)
     # the discriminator too
     assert_same_weights(one / f"checkpoint-{STEPS}", two / f"checkpoint-{STEPS}", "transfer_methods.safetensors")
-
-
-def test_instance_weighting(no_dropout_model_dir, review_files, tmp_path):
-    recipe = transfer_recipe(no_dropout_model_dir, review_files, tmp_path, method="instance_weighting")
-    one, two = pair(recipe, tmp_path)
-    np.testing.assert_allclose(np.load(two / "instance_weights.npy"), np.load(one / "instance_weights.npy"),
-                               rtol=1e-6)
-    assert np.ptp(np.load(one / "instance_weights.npy")) > 0.1  # the weights are not uniform: they matter
-    assert_same_history(one, two)
-    assert_same_metrics(one, two, ["train_loss", "target_accuracy", "target_loss"])
-    assert_same_weights(one, two)
 
 
 def test_multitask_hard_sharing(no_dropout_model_dir, review_files, tmp_path):
