@@ -827,47 +827,28 @@ def report(args, results: dict) -> str:
                 ],
             ),
         ]
+    def host_reads_section(title: str, text: str, counts: dict) -> list[str]:
+        rows = [[k, sum(v.values()), "; ".join(f"{w} ×{c}" for w, c in sorted(v.items())) or "none"]
+                for k, v in counts.items()]
+        return ["", title, "", text, "", markdown_table(["configuration", "per step", "where"], rows, align="lrl")]
+
     if results.get("waits"):
-        lines += [
-            "",
+        lines += host_reads_section(
             "## Host reads of device values in one training step (compute_loss + backward)",
-            "",
             "Counted by a `TorchDispatchMode` (`.item()`/`bool()`/`int()` of a tensor, boolean-mask indexing "
             "and `nonzero`, device-to-host copies), by the line that issued them, with the NaN guard in its "
             "accelerator mode. Free on a CPU; on a GPU each one waits for the queued kernels. The Trainer "
             "loop's own per-step checks (outside `compute_loss`) are not in this count.",
-            "",
-        ]
-        lines.append(
-            markdown_table(
-                ["configuration", "per step", "where"],
-                [
-                    [k, sum(v.values()), "; ".join(f"{w} ×{c}" for w, c in sorted(v.items())) or "none"]
-                    for k, v in results["waits"].items()
-                ],
-                align="lrl",
-            )
+            results["waits"],
         )
     if results.get("step_waits"):
-        lines += [
-            "",
+        lines += host_reads_section(
             f"## Host reads of device values in a whole optimizer step (step {args.warmup}, inside `Trainer.train`)",
-            "",
             "The same count over everything between two `on_step_end` callbacks: batch fetch and collation, "
             "`training_step`, the Trainer's own loss checks, gradient clipping, the optimizer, callbacks. The NaN "
             "guard runs in its CPU mode here (a read every step, by design; deferred to logging steps on an "
             "accelerator). `.cpu()` of a CPU tensor is a no-op and cannot show here.",
-            "",
-        ]
-        lines.append(
-            markdown_table(
-                ["configuration", "per step", "where"],
-                [
-                    [k, sum(v.values()), "; ".join(f"{w} ×{c}" for w, c in sorted(v.items())) or "none"]
-                    for k, v in results["step_waits"].items()
-                ],
-                align="lrl",
-            )
+            results["step_waits"],
         )
     if results.get("syncs"):
         lines += [
