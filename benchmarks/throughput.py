@@ -44,7 +44,6 @@ import statistics
 import subprocess
 import sys
 import time
-import traceback
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -56,7 +55,6 @@ os.environ.setdefault("HF_TRANSFER_TSNE_PLOT", "0")  # the before/after t-SNE is
 
 import torch  # noqa: E402
 import yaml  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForSequenceClassification,
@@ -70,6 +68,7 @@ from transformers import (  # noqa: E402
 import hf_transfer  # noqa: E402
 from hf_transfer.backbones import load_tokenizer, resolve_model_path  # noqa: E402
 from hf_transfer.data import load_raw_data, prepare_data  # noqa: E402
+from hf_transfer.profiling import HostReads  # noqa: E402
 from hf_transfer.recipe import DEFAULT_MODEL, load_recipe  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -356,47 +355,6 @@ def step_flops(trainer: Trainer) -> tuple[float, int]:
     return float(counter.get_total_flops()), rows
 
 
-class HostReads(TorchDispatchMode):
-    """Counts, by the Python line that issued them, the ops that need a device value on the host: on a GPU each one
-    waits until every queued kernel has run. ``.item()``/``bool()``/``int()``/``float()`` of a tensor
-    (``_local_scalar_dense``), boolean-mask indexing and ``nonzero`` (the output size is data-dependent), and copies
-    from an accelerator to the CPU."""
-
-    BOOL_INDEX_OPS = ("aten::index.Tensor", "aten::index_put", "aten::index_put_", "aten::_index_put_impl_")
-
-    def __init__(self):
-        super().__init__()
-        self.found: Counter = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name = func._schema.name + ("." + func._overloadname if func._overloadname != "default" else "")
-        kind = None
-        if name == "aten::_local_scalar_dense":
-            kind = "value read (.item/bool/int/float)"
-        elif name in ("aten::nonzero", "aten::masked_select"):
-            kind = "nonzero"
-        elif name in self.BOOL_INDEX_OPS and any(
-            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] or ()) if i is not None
-        ):
-            kind = "boolean-mask index"
-        elif name == "aten::_to_copy" and str(kwargs.get("device", "")) == "cpu" and args[0].device.type != "cpu":
-            kind = "copy to host"
-        if kind:
-            self.found[f"{kind} at {self.site()}"] += 1
-        return func(*args, **kwargs)
-
-    @staticmethod
-    def site() -> str:
-        frames = [f for f in traceback.extract_stack() if "/torch/" not in f.filename and f.filename != __file__]
-        if not frames:
-            return "backward (autograd)"
-        f = frames[-1]
-        path = f.filename.split("/site-packages/")[-1]
-        path = path[path.rfind("hf_transfer/") :] if "hf_transfer/" in path else path
-        return f"{path}:{f.lineno} ({f.name})"
-
-
 def step_waits(trainer: Trainer) -> dict[str, int]:
     """Host reads of device values (:class:`HostReads`) in one ``compute_loss`` + ``backward``, with the NaN guard
     in its accelerator mode (checked at logging steps only)."""
@@ -405,7 +363,7 @@ def step_waits(trainer: Trainer) -> dict[str, int]:
     if guard is not None:
         guard.check_every_step = False
     batch, _ = one_batch(trainer)
-    reads = HostReads()
+    reads = HostReads(skip_files=(__file__,))
     try:
         with reads:
             trainer.compute_loss(trainer.model, dict(batch)).backward()
@@ -429,7 +387,7 @@ class StepHostReads(TrainerCallback):
         self.found: dict[str, int] = {}
 
     def _enter(self) -> None:
-        self.mode = HostReads()
+        self.mode = HostReads(skip_files=(__file__,))
         self.mode.__enter__()
 
     def on_train_begin(self, args, state, control, **kwargs):

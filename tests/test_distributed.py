@@ -48,6 +48,9 @@ def reference():
 
 
 def worker(rank: int, init_file: str, queue) -> None:
+    # A forked child must not enter the OpenMP pool it inherited from a parent that used it (earlier tests): that
+    # hangs. One intra-op thread runs every op inline; these tensors are tiny.
+    torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
         x = global_inputs()

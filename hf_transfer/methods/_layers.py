@@ -122,6 +122,21 @@ def full_precision(tensor: torch.Tensor):
     return torch.autocast(device_type=tensor.device.type, enabled=False)
 
 
+def side_weights(batch: StepBatch, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B,)`` 0/1 weights of the source rows and of the target rows.
+
+    Methods weight rows by these rather than select them (``features[batch.source_mask]``): a boolean-mask select
+    has a data-dependent size, so it waits on the device every step (as does an ``if`` on a row count); a weighted
+    sum over all rows does not."""
+    return (batch.domain == 0).to(dtype), (batch.domain == 1).to(dtype)
+
+
+def at_least(count: torch.Tensor, minimum: int) -> torch.Tensor:
+    """``1.0`` where the device count ``count >= minimum``, else ``0.0``: multiply a loss by it instead of skipping
+    the loss with an ``if`` (which reads the count on the host). The gated loss must be finite either way."""
+    return (count >= minimum).to(count.dtype)
+
+
 def zero_loss(batch: StepBatch, *modules: nn.Module) -> torch.Tensor:
     """A float32 zero that stays attached to the graph of the batch (and of the modules' parameters).
 

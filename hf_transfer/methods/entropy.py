@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._layers import check_trade_off, zero_loss
+from ._layers import check_trade_off, side_weights
 from .base import MethodConfig, MethodOutput, StepBatch, TransferMethod
 from .registry import register_method
 
@@ -38,9 +38,9 @@ class Entropy(TransferMethod):
     needs_target = True
 
     def forward(self, batch: StepBatch) -> MethodOutput:
-        if not batch.target_mask.any():
-            return MethodOutput(zero_loss(batch), {})
-        loss = prediction_entropy(batch.logits.float()[batch.target_mask]).mean()
+        _, target = side_weights(batch)
+        # Weighted, not selected (no wait on the device); 0 on a batch without target rows.
+        loss = (prediction_entropy(batch.logits.float()) * target).sum() / target.sum().clamp_min(1)
         return MethodOutput(loss, {})
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ..errors import RecipeError
-from ._layers import check_choice, check_trade_off, full_precision, zero_loss
+from ._layers import at_least, check_choice, check_trade_off, full_precision, side_weights, zero_loss
 from .base import MethodConfig, MethodOutput, StepBatch, TransferMethod
 from .label_relation import load_graph
 from .registry import register_method
@@ -67,9 +67,9 @@ def smoothness_loss(vectors: torch.Tensor, adjacency: torch.Tensor, *, normalize
     from ..relation import laplacian_smoothness
 
     total = adjacency.sum() / 2.0
-    if float(total) <= 0:
-        return vectors.sum() * 0.0
-    return laplacian_smoothness(vectors, adjacency, normalized=normalized) / total
+    # Without related pairs the Laplacian is 0, and so is the loss: divide by 1 then (a device-side choice, where an
+    # `if` on the total would wait on the device every step).
+    return laplacian_smoothness(vectors, adjacency, normalized=normalized) / torch.where(total > 0, total, 1.0)
 
 
 class GraphLaplacian(TransferMethod):
@@ -96,15 +96,18 @@ class GraphLaplacian(TransferMethod):
                 weight = self._classifier[0].weight.float()
                 loss = smoothness_loss(weight, adjacency, normalized=config.normalized)
                 return MethodOutput(loss + zero_loss(batch), {})
-            labels = batch.labels[batch.source_mask]
-            features = batch.features[batch.source_mask].float()
-            present = torch.unique(labels[labels >= 0])
-            if present.numel() < 2:
-                return MethodOutput(zero_loss(batch), {})
-            onehot = (labels.unsqueeze(1) == present.unsqueeze(0)).float()
-            prototypes = (onehot.T @ features) / onehot.sum(0).unsqueeze(1)
-            sub = adjacency[present][:, present]
-            loss = smoothness_loss(prototypes, sub, normalized=config.normalized)
+            # Class means of the labelled source rows, by weighting rows rather than selecting them (no wait on the
+            # device). Classes absent from the batch get a zero prototype and are cut out of the graph (isolated
+            # nodes add nothing to either Laplacian), which is the present classes' sub-graph.
+            # (F.one_hot would read the labels' range on the host; -100 matches no class here.)
+            source, _ = side_weights(batch)
+            classes = torch.arange(adjacency.shape[0], device=batch.labels.device)
+            onehot = (batch.labels.unsqueeze(1) == classes.unsqueeze(0)).float() * source.unsqueeze(1)
+            counts = onehot.sum(0)
+            prototypes = (onehot.T @ batch.features.float()) / counts.clamp_min(1).unsqueeze(1)
+            present = (counts > 0).float()
+            sub = adjacency * present.unsqueeze(1) * present.unsqueeze(0)
+            loss = smoothness_loss(prototypes, sub, normalized=config.normalized) * at_least(present.sum(), 2)
             return MethodOutput(loss + zero_loss(batch), {"related_pairs": (sub > 0).sum() / 2.0})
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._layers import check_positive, check_trade_off, full_precision, zero_loss
+from ._layers import check_positive, check_trade_off, full_precision, side_weights
 from .base import MethodConfig, MethodOutput, StepBatch, TransferMethod
 from .entropy import prediction_entropy
 from .registry import register_method
@@ -33,14 +33,23 @@ class MCCConfig(MethodConfig):
         check_positive("mcc.temperature", self.temperature)
 
 
-def mcc_loss(logits: torch.Tensor, temperature: float = 2.5) -> torch.Tensor:
-    """Minimum-class-confusion loss of ``(B, C)`` target logits (a scalar in ``[0, (C-1)/C]``)."""
+def mcc_loss(logits: torch.Tensor, temperature: float = 2.5, row_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Minimum-class-confusion loss of ``(B, C)`` target logits (a scalar in ``[0, (C-1)/C]``).
+
+    ``row_weight``: 0/1 weights that pick the target rows out of a mixed batch without selecting them (rows weighing
+    0 play no part); the loss is 0 when no row weighs 1."""
     scaled = logits / temperature
     probs = scaled.softmax(-1)
     weight = (1.0 + torch.exp(-prediction_entropy(scaled))).detach()
-    weight = weight / weight.mean()
+    if row_weight is None:
+        weight = weight / weight.mean()
+    else:  # normalised to mean 1 over the rows that count
+        row_weight = row_weight.to(weight.dtype)
+        weight = weight * row_weight
+        weight = weight * row_weight.sum() / weight.sum().clamp_min(torch.finfo(weight.dtype).tiny)
     confusion = probs.T @ (probs * weight.unsqueeze(1))
-    confusion = confusion / confusion.sum(1, keepdim=True)
+    # The clamp only matters without rows (all sums 0): then the loss is 0 rather than 0/0.
+    confusion = confusion / confusion.sum(1, keepdim=True).clamp_min(torch.finfo(confusion.dtype).tiny)
     return (confusion.sum() - confusion.trace()) / logits.shape[1]
 
 
@@ -50,10 +59,9 @@ class MCC(TransferMethod):
     needs_target = True
 
     def forward(self, batch: StepBatch) -> MethodOutput:
-        if not batch.target_mask.any():
-            return MethodOutput(zero_loss(batch), {})
+        _, target = side_weights(batch)
         with full_precision(batch.logits):
-            loss = mcc_loss(batch.logits.float()[batch.target_mask], self.config.temperature)
+            loss = mcc_loss(batch.logits.float(), self.config.temperature, row_weight=target)
         return MethodOutput(loss, {})
 
 

@@ -29,14 +29,15 @@ import torch
 
 from ..errors import RecipeError
 from ._layers import (
+    at_least,
     check_choice,
     check_positive,
     check_trade_off,
     full_precision,
     mean_pairwise_squared_distance,
     multi_gaussian_kernel,
+    side_weights,
     squared_distances,
-    zero_loss,
 )
 from .base import MethodConfig, MethodOutput, StepBatch, TransferMethod
 from .registry import register_method
@@ -116,78 +117,106 @@ def mmd2(
     ns, nt = source.shape[0], target.shape[0]
     if ns < 2 or nt < 2:
         raise ValueError(f"mmd2 needs >= 2 rows per side, got {ns} source and {nt} target")
-    joint = source_predictions is not None
+    domain = torch.cat([source.new_zeros(ns, dtype=torch.long), source.new_ones(nt, dtype=torch.long)])
+    predictions = None if source_predictions is None else torch.cat([source_predictions, target_predictions])
+    return mmd2_by_domain(
+        torch.cat([source, target]),
+        domain,
+        estimator=estimator,
+        kernel_multipliers=kernel_multipliers,
+        bandwidth=bandwidth,
+        predictions=predictions,
+        prediction_bandwidth=prediction_bandwidth,
+    )
+
+
+def mmd2_by_domain(
+    features: torch.Tensor,
+    domain: torch.Tensor,
+    *,
+    estimator: str = "quadratic",
+    kernel_multipliers: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0),
+    bandwidth: float | torch.Tensor | None = None,
+    predictions: torch.Tensor | None = None,
+    prediction_bandwidth: float = 1.68,
+) -> torch.Tensor:
+    """:func:`mmd2` between the rows of ``features (B, D)`` with ``domain`` 0 and those with ``domain`` 1, in any
+    order, without reading a row count on the host (so a training step never waits on the device here).
+
+    Rows are weighted by their side rather than selected. The linear estimator pairs rows in their order within
+    each side, as :func:`mmd2` does on the selected rows. With fewer than 2 rows on a side the result is a finite
+    meaningless number: gate it with the row counts (the method does).
+    """
+    s, t = (domain == 0).to(features.dtype), (domain == 1).to(features.dtype)
+    ns, nt = s.sum(), t.sum()
     if bandwidth is None:
-        bandwidth = mean_pairwise_squared_distance(torch.cat([source, target]))
-    bandwidth = torch.as_tensor(bandwidth, dtype=source.dtype, device=source.device).clamp_min(1e-12)
+        bandwidth = mean_pairwise_squared_distance(features)
+    bandwidth = torch.as_tensor(bandwidth, dtype=features.dtype, device=features.device).clamp_min(1e-12)
 
     def kernel(sq_feat: torch.Tensor, sq_pred: torch.Tensor | None) -> torch.Tensor:
         k = multi_gaussian_kernel(sq_feat, bandwidth, kernel_multipliers)
         return k * torch.exp(-sq_pred / prediction_bandwidth) if sq_pred is not None else k
 
     if estimator == "quadratic":
-        z = torch.cat([source, target])
-        sq_pred = None
-        if joint:
-            p = torch.cat([source_predictions, target_predictions])
-            sq_pred = squared_distances(p, p)
-        k = kernel(squared_distances(z, z), sq_pred)
-        kss, ktt, kst = k[:ns, :ns], k[ns:, ns:], k[:ns, ns:]
-        xx = (kss.sum() - kss.diagonal().sum()) / (ns * (ns - 1))
-        yy = (ktt.sum() - ktt.diagonal().sum()) / (nt * (nt - 1))
-        return xx + yy - 2.0 * kst.mean()
+        sq_pred = None if predictions is None else squared_distances(predictions, predictions)
+        k = kernel(squared_distances(features, features), sq_pred)
+        diagonal = k.diagonal()
+        xx = (s @ k @ s - (s * diagonal).sum()) / (ns * (ns - 1)).clamp_min(1)
+        yy = (t @ k @ t - (t * diagonal).sum()) / (nt * (nt - 1)).clamp_min(1)
+        xy = (s @ k @ t) / (ns * nt).clamp_min(1)
+        return xx + yy - 2.0 * xy
     if estimator == "linear":
-        m = min(ns, nt) // 2
-        s1, s2 = source[0 : 2 * m : 2], source[1 : 2 * m : 2]
-        t1, t2 = target[0 : 2 * m : 2], target[1 : 2 * m : 2]
+        # Sort the source rows first (stable: each side keeps its order); pair i is source rows 2i, 2i+1 and target
+        # rows n_s + 2i, n_s + 2i + 1, for i < m = floor(min(n_s, n_t) / 2). Indices past the end are clamped and
+        # their pairs weigh 0.
+        order = torch.argsort(domain, stable=True)
+        rows = features[order]
+        preds = None if predictions is None else predictions[order]
+        n_rows = features.shape[0]
+        i = torch.arange(n_rows // 2, device=features.device)
+        m = torch.minimum(ns, nt).long() // 2
+        first_target = ns.long()
+        s1, s2 = 2 * i, 2 * i + 1
+        t1, t2 = (first_target + 2 * i).clamp_max(n_rows - 1), (first_target + 2 * i + 1).clamp_max(n_rows - 1)
 
-        def pair(a: torch.Tensor, b: torch.Tensor, pa: torch.Tensor | None, pb: torch.Tensor | None) -> torch.Tensor:
-            sq_pred = ((pa - pb) ** 2).sum(1) if pa is not None else None
-            return kernel(((a - b) ** 2).sum(1), sq_pred)
+        def pair(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            sq_pred = None if preds is None else ((preds[a] - preds[b]) ** 2).sum(1)
+            return kernel(((rows[a] - rows[b]) ** 2).sum(1), sq_pred)
 
-        ps1 = ps2 = pt1 = pt2 = None
-        if joint:
-            ps1, ps2 = source_predictions[0 : 2 * m : 2], source_predictions[1 : 2 * m : 2]
-            pt1, pt2 = target_predictions[0 : 2 * m : 2], target_predictions[1 : 2 * m : 2]
-        h = pair(s1, s2, ps1, ps2) + pair(t1, t2, pt1, pt2) - pair(s1, t2, ps1, pt2) - pair(s2, t1, ps2, pt1)
-        return h.mean()
+        h = pair(s1, s2) + pair(t1, t2) - pair(s1, t2) - pair(s2, t1)
+        used = (i < m).to(features.dtype)
+        return (h * used).sum() / m.clamp_min(1).to(features.dtype)
     raise ValueError(f"unknown MMD estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
 
 
 class MMD(TransferMethod):
     """MK-MMD (DAN) or JMMD (JAN) between the source and target rows of ``batch.features``.
 
-    Logs ``bandwidth`` (the base bandwidth used); the trainer logs the estimate itself as ``mmd/loss``.
+    Logs ``bandwidth`` (the base bandwidth used); the trainer logs the estimate itself as ``mmd/loss``. A batch with
+    fewer than 2 rows on a side gives an attached zero.
     """
 
     needs_target = True
 
     def forward(self, batch: StepBatch) -> MethodOutput:
         c: MMDConfig = self.config
-        src, tgt = batch.source_mask, batch.target_mask
-        if int(src.sum()) < 2 or int(tgt.sum()) < 2:
-            return MethodOutput(zero_loss(batch), {})
         with full_precision(batch.features):
             features = batch.features.float()
-            fs, ft = features[src], features[tgt]
             bandwidth = c.bandwidth
             if bandwidth is None:
-                bandwidth = mean_pairwise_squared_distance(torch.cat([fs, ft]))
-            ps = pt = None
-            if c.joint:
-                probs = batch.logits.float().softmax(-1)
-                ps, pt = probs[src], probs[tgt]
-            loss = mmd2(
-                fs,
-                ft,
+                bandwidth = mean_pairwise_squared_distance(features)
+            loss = mmd2_by_domain(
+                features,
+                batch.domain,
                 estimator=c.estimator,
                 kernel_multipliers=c.kernel_multipliers,
                 bandwidth=bandwidth,
-                source_predictions=ps,
-                target_predictions=pt,
+                predictions=batch.logits.float().softmax(-1) if c.joint else None,
                 prediction_bandwidth=c.prediction_bandwidth,
             )
-        return MethodOutput(loss, {"bandwidth": torch.as_tensor(bandwidth).detach()})
+        source, target = side_weights(batch)
+        enough = at_least(source.sum(), 2) * at_least(target.sum(), 2)
+        return MethodOutput(loss * enough, {"bandwidth": torch.as_tensor(bandwidth).detach()})
 
 
 register_method("mmd", MMDConfig, MMD)
