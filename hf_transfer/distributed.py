@@ -17,6 +17,9 @@ so each row gets ``N`` times its gradient), and DDP then *averages* over the pro
 back out. :func:`global_mean_scale` does the same for the task loss without gathering anything.
 
 With one process (or no process group) every function here returns its input unchanged.
+
+Also here: :func:`full_state_dict` and :func:`parameters_sharded`, what the export needs to know of an engine that
+shards the model (FSDP, DeepSpeed ZeRO-3) and so holds no whole copy on any one process.
 """
 
 from __future__ import annotations
@@ -85,3 +88,30 @@ def global_mean_scale(local_total: torch.Tensor) -> torch.Tensor:
     if n > 1:
         dist.all_reduce(total)
     return n / total.clamp_min(1e-12)
+
+
+# ---- exporting from an engine that holds the model -------------------------------------------------------------
+
+
+def full_state_dict(trainer) -> dict[str, torch.Tensor] | None:
+    """The trained model's whole state dict, gathered by Accelerate when an engine holds it (FSDP, DeepSpeed), or
+    ``None`` when the unwrapped model holds it whole and ``save_pretrained`` can read it (one process, DDP).
+
+    A collective under FSDP and ZeRO-3: every process must call it. Without it FSDP2's main process would save its
+    own shards (``save_pretrained`` fails: "Attempted to access the data pointer on an invalid python storage"),
+    and ZeRO-3's would save empty partitions."""
+    if trainer.is_fsdp_enabled:
+        return trainer.accelerator.get_state_dict(trainer.model)
+    if trainer.is_deepspeed_enabled:
+        return trainer.accelerator.get_state_dict(trainer.model_wrapped)
+    return None
+
+
+def parameters_sharded(trainer) -> bool:
+    """Whether each process holds only a shard of the parameters (FSDP, DeepSpeed ZeRO-3): then no process has a
+    whole model to copy (a merged adapter, say) outside the engine."""
+    if trainer.is_fsdp_enabled:
+        return True
+    if trainer.is_deepspeed_enabled:
+        return trainer.accelerator.state.deepspeed_plugin.zero_stage == 3
+    return False

@@ -454,24 +454,41 @@ def methods_with_parameters(method_configs: dict[str, Any]) -> list[str]:
     return names
 
 
+def _as_int(value) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None  # "auto" and the like: left to the engine
+
+
 def _engine_refusals(
-    distributed_type: str, *, recipe_kind: str, parametric_methods: list[str], fsdp_version: int | None
+    distributed_type: str,
+    *,
+    recipe_kind: str,
+    parametric_methods: list[str],
+    fsdp_version: int | None,
+    merge_adapter: bool = False,
+    zero_stage: int | None = None,
+    zero3_saves_model: bool = True,
 ) -> list[str]:
     """Recipe and engine combinations that cannot work, whatever the machine (shared with the launched check).
     Each was seen failing on a GPU, or follows from code that was (docs/distributed.md)."""
     problems = []
     if distributed_type not in ("FSDP", "DEEPSPEED"):
         return problems
-    if distributed_type == "FSDP":
-        # Remove this refusal once run.export gathers the sharded state dict (docs/distributed.md, "FSDP").
+    shards_parameters = distributed_type == "FSDP" or zero_stage == 3
+    if merge_adapter and shards_parameters:
+        engine = "FSDP" if distributed_type == "FSDP" else "DeepSpeed ZeRO-3"
         problems.append(
-            "distributed_type: FSDP trains (on an H200 its losses and, with the state dict gathered first, its "
-            "weights equalled a plain run's) but cannot write the model yet: hf_transfer's export calls "
-            "save_pretrained on the main process while the parameters are sharded, which fails after training "
-            "(FSDP2: 'Attempted to access the data pointer on an invalid python storage'). The fix belongs in "
-            "run.export (gather with accelerator.get_state_dict(trainer.model) on every process, then "
-            "save_pretrained(..., state_dict=...)); until then use recipes/accelerate/ddp.yaml or "
-            "deepspeed_zero2.yaml"
+            f"model.merge_adapter: {engine} leaves no process a whole model to merge the adapter into (FSDP refuses "
+            "to deep-copy a sharded module). Set merge_adapter: false; the adapter is exported, and "
+            "hf_transfer.run.load_trained(<output_dir>)[0].merge_and_unload() merges it after training"
+        )
+    if distributed_type == "DEEPSPEED" and zero_stage == 3 and not zero3_saves_model:
+        problems.append(
+            "deepspeed_config.zero3_save_16bit_model: must be true with zero_stage: 3, or the trained model cannot "
+            "be gathered for export (Accelerate's get_state_dict refuses: stage3_gather_16bit_weights_on_model_save "
+            "is false)"
         )
     if recipe_kind == "lifelong":
         why = (
@@ -708,7 +725,21 @@ def _recipe_problems(plan: LaunchPlan, recipe, overrides, config, plugin, notes:
     plan.global_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * n
     fsdp_version = int(plugin.fsdp_version) if dtype == "FSDP" and plugin is not None else None
     parametric = methods_with_parameters(base.method_configs) if kind == "transfer" else []
-    problems = _engine_refusals(dtype, recipe_kind=kind, parametric_methods=parametric, fsdp_version=fsdp_version)
+    ds = config.deepspeed_config or {}
+    zero_stage = _as_int(getattr(plugin, "zero_stage", ds.get("zero_stage", 2))) if dtype == "DEEPSPEED" else None
+    # A DeepSpeed JSON file decides for itself (stage3_gather_16bit_weights_on_model_save): not checked here.
+    saves = ds.get("deepspeed_config_file") or getattr(
+        plugin, "zero3_save_16bit_model", ds.get("zero3_save_16bit_model")
+    )
+    problems = _engine_refusals(
+        dtype,
+        recipe_kind=kind,
+        parametric_methods=parametric,
+        fsdp_version=fsdp_version,
+        merge_adapter=kind == "transfer" and bool(base.peft) and base.model.merge_adapter,
+        zero_stage=zero_stage,
+        zero3_saves_model=bool(saves) and str(saves).lower() != "false",
+    )
     if kind in ("meta-learning", "multi-task") and dtype in ("FSDP", "DEEPSPEED"):
         notes.append(f"{kind} recipes were not validated under {dtype} (only flat transfer recipes and DDP)")
     if dtype == "DEEPSPEED" and plan.mixed_precision in ("bf16", "fp16") and not getattr(args, plan.mixed_precision):
@@ -781,7 +812,9 @@ def launched_engine() -> str | None:
     return None
 
 
-def check_launched_engine(*, recipe_kind: str = "transfer", method_configs: dict[str, Any] | None = None) -> None:
+def check_launched_engine(
+    *, recipe_kind: str = "transfer", method_configs: dict[str, Any] | None = None, merge_adapter: bool = False
+) -> None:
     """Refuse, in a launched process, what :func:`check_launch` refuses: FSDP or DeepSpeed without a GPU (which
     Accelerate would silently turn into CPU DDP, or crash on), and the recipe and engine combinations that cannot
     work. Called by ``load_recipe``; a no-op outside FSDP / DeepSpeed launches."""
@@ -795,6 +828,18 @@ def check_launched_engine(*, recipe_kind: str = "transfer", method_configs: dict
         problems += _machine_problems(dtype, 1, 1, "no", Machine.this_machine())
     version = int(os.environ.get("FSDP_VERSION", "1")) if dtype == "FSDP" else None
     parametric = methods_with_parameters(method_configs or {})
-    problems += _engine_refusals(dtype, recipe_kind=recipe_kind, parametric_methods=parametric, fsdp_version=version)
+    stage = _as_int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")) if dtype == "DEEPSPEED" else None
+    saves = bool(os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")) or (
+        os.environ.get("ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL", "false").lower() == "true"
+    )
+    problems += _engine_refusals(
+        dtype,
+        recipe_kind=recipe_kind,
+        parametric_methods=parametric,
+        fsdp_version=version,
+        merge_adapter=merge_adapter,
+        zero_stage=stage,
+        zero3_saves_model=saves,
+    )
     if problems:
         raise LaunchConfigError(problems)

@@ -564,7 +564,9 @@ def load_recipe(
         peft_block = validate_peft_block(peft_block, image=bool(data_args.image_column))
     from .launch_check import check_launched_engine
 
-    check_launched_engine(method_configs=method_configs)  # under an FSDP / DeepSpeed launch: refuse what cannot run
+    # Under an FSDP / DeepSpeed launch: refuse what cannot run.
+    check_launched_engine(method_configs=method_configs,
+                          merge_adapter=peft_block is not None and model_args.merge_adapter)
     return Recipe(model_args, data_args, method_args, training_args, method_configs, peft_block, training_fields)
 
 

@@ -36,6 +36,7 @@ from .data import (
     prepare_data,
 )
 from .diagnostics.training_plot import finish_before_after_plot, start_before_after_plot
+from .distributed import full_state_dict, parameters_sharded
 from .errors import DataError, UserError
 from .hub import PushRequest, finish_export, model_card, staging_dir, take_push_request
 from .methods import get_method_spec
@@ -253,16 +254,19 @@ def export(
     push: PushRequest | None = None,
 ) -> None:
     """Write the model (or adapter, and optionally the merged model), tokenizer, metrics, recipe and card; push if
-    the recipe asks. Main process only; the others wait."""
+    the recipe asks. Every process joins the gathering of a sharded model; the main process writes, the others wait."""
     args = recipe.training
     accelerator = trainer.accelerator
+    state_dict = full_state_dict(trainer)
     if trainer.is_world_process_zero():
         model = accelerator.unwrap_model(trainer.model)
         stage = staging_dir(output_dir)
-        model.save_pretrained(stage)
+        model.save_pretrained(stage, state_dict=state_dict)
         trainer.processing_class.save_pretrained(stage)
         peft_type = recipe.peft["peft_type"] if recipe.peft else None
         if peft_type and recipe.model.merge_adapter:
+            if parameters_sharded(trainer):  # refused before training (launch_check); never write a broken copy
+                raise UserError("model.merge_adapter: not available when the engine shards the parameters")
             merged = copy.deepcopy(model).merge_and_unload()
             merged.save_pretrained(stage / "merged")
             trainer.processing_class.save_pretrained(stage / "merged")

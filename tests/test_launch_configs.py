@@ -90,35 +90,40 @@ def test_recipe_and_model_on_the_cpu(recipe):
 
 def test_fsdp_with_a_recipe(recipe, tmp_path):
     fsdp = REPO / "recipes/accelerate/fsdp.yaml"
-    # The shipped config wraps BertLayer and nothing else; FSDP is refused for the export alone.
-    (export,) = problems_of(fsdp, recipe, machine=GPUS)
-    assert export.startswith("distributed_type: FSDP trains") and "run.export" in export
-    problems = problems_of(fsdp, {**recipe, "method": "dann"}, machine=GPUS)
-    assert problems[1].startswith("method: dann train(s) parameters of their own")
-    assert "couldn't be switched to its sharded version" in problems[1]
+    # The shipped config wraps BertLayer and nothing else: it passes.
+    plan = check_launch(fsdp, recipe, machine=GPUS)
+    assert plan.engine == "FSDP2"
+    (problem,) = problems_of(fsdp, {**recipe, "method": "dann"}, machine=GPUS)
+    assert problem.startswith("method: dann train(s) parameters of their own")
+    assert "couldn't be switched to its sharded version" in problem
+    # No process holds a whole model to merge a LoRA adapter into; the adapter alone exports.
+    lora = {**recipe, "peft": {"peft_type": "LORA", "r": 2, "target_modules": ["query"]}}
+    check_launch(fsdp, lora, machine=GPUS)
+    (merge,) = problems_of(fsdp, {**lora, "merge_adapter": True}, machine=GPUS)
+    assert merge.startswith("model.merge_adapter: FSDP leaves no process a whole model")
+    assert "merge_and_unload" in merge
     # Without fsdp_transformer_layer_cls_to_wrap, BERT's _no_split_modules also wraps BertEmbeddings.
     unset = broken(tmp_path, "fsdp", fsdp_config__fsdp_transformer_layer_cls_to_wrap=None)
     problems = problems_of(unset, recipe, machine=GPUS)
-    assert problems[1].startswith(
+    assert problems[0].startswith(
         "fsdp_config.fsdp_transformer_layer_cls_to_wrap: FSDP2 would wrap units taken "
         "from the model's _no_split_modules"
     )
-    assert "BertEmbeddings holds the input embeddings" in problems[1] and "set it to BertLayer" in problems[1]
+    assert "BertEmbeddings holds the input embeddings" in problems[0] and "set it to BertLayer" in problems[0]
     wrong = broken(tmp_path, "fsdp", fsdp_config__fsdp_transformer_layer_cls_to_wrap="LlamaDecoderLayer")
     problems = problems_of(wrong, recipe, machine=GPUS)
-    assert problems[1] == (
+    assert problems == [(
         "fsdp_config.fsdp_transformer_layer_cls_to_wrap: 'LlamaDecoderLayer' is not a module class of "
         "BertForSequenceClassification; set it to BertLayer (the model declares _no_split_modules: "
         "['BertEmbeddings', 'BertLayer'])"
-    )
+    )]
     # FSDP1 with a LoRA model (frozen base) needs use_orig_params.
     fsdp1 = broken(tmp_path, "fsdp", fsdp_config__fsdp_version=1, fsdp_config__fsdp_use_orig_params=False)
-    lora = {**recipe, "peft": {"peft_type": "LORA", "r": 2, "target_modules": ["query"]}}
     problems = problems_of(fsdp1, lora, machine=GPUS)
     assert any(p.startswith("fsdp_config.fsdp_use_orig_params: must be true") for p in problems)
 
 
-def test_deepspeed_with_a_recipe(recipe):
+def test_deepspeed_with_a_recipe(recipe, tmp_path):
     ds = REPO / "recipes/accelerate/deepspeed_zero2.yaml"
     (precision,) = problems_of(ds, recipe, machine=GPUS)
     assert precision.startswith("bf16: DeepSpeed needs the recipe's precision to match") and "--bf16" in precision
@@ -129,6 +134,17 @@ def test_deepspeed_with_a_recipe(recipe):
     assert method.startswith("method: dann train(s) parameters of their own") and "_create_param_mapping" in method
     plan = check_launch(ds, {**recipe, "bf16": True, "method": "mmd"}, machine=GPUS)  # no parameters: fine
     assert "method mmd" in plan.model
+    # ZeRO-3 partitions the parameters: the export gathers them only if the config asks for it.
+    zero3 = broken(tmp_path, "deepspeed_zero2", deepspeed_config__zero_stage=3)
+    (gather,) = problems_of(zero3, {**recipe, "bf16": True}, machine=GPUS)
+    assert gather.startswith("deepspeed_config.zero3_save_16bit_model: must be true with zero_stage: 3")
+    zero3 = broken(tmp_path, "deepspeed_zero2", deepspeed_config__zero_stage=3,
+                   deepspeed_config__zero3_save_16bit_model=True)
+    lora = {**recipe, "bf16": True, "peft": {"peft_type": "LORA", "r": 2, "target_modules": ["query"]}}
+    assert check_launch(zero3, lora, machine=GPUS).engine == "DeepSpeed ZeRO-3"
+    (merge,) = problems_of(zero3, {**lora, "merge_adapter": True}, machine=GPUS)
+    assert merge.startswith("model.merge_adapter: DeepSpeed ZeRO-3 leaves no process a whole model")
+    check_launch(ds, {**lora, "merge_adapter": True}, machine=GPUS)  # ZeRO-2: every process has the whole model
     missing = problems_of(
         ds, machine=Machine(gpus=1, gpu_bf16=True, cpu_bf16=True, cpu_cores=2, deepspeed=False), num_processes=1
     )
@@ -256,13 +272,18 @@ def test_launched_processes_refuse_what_cannot_run(recipe, monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # the test machine's answer, whatever it has
     with pytest.raises(LaunchConfigError) as err:
         load_recipe({**recipe, "method": "mmd"})
-    gpu, export = err.value.problems
+    (gpu,) = err.value.problems
     assert gpu.startswith("distributed_type: FSDP needs CUDA GPUs, and this machine has none")
-    assert export.startswith("distributed_type: FSDP trains")
     with pytest.raises(LaunchConfigError) as err:
         load_recipe({**recipe, "method": "dann"})
-    assert err.value.problems[:2] == [gpu, export]
-    assert err.value.problems[2].startswith("method: dann train(s) parameters")
+    assert err.value.problems[0] == gpu
+    assert err.value.problems[1].startswith("method: dann train(s) parameters")
+    with pytest.raises(LaunchConfigError) as err:
+        load_recipe({**recipe, "peft": {"peft_type": "LORA", "r": 2, "target_modules": ["query"]},
+                     "merge_adapter": True})
+    assert err.value.problems[1].startswith("model.merge_adapter: FSDP leaves no process a whole model")
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)  # a GPU machine: the adapter alone exports
+    check_launched_engine(method_configs={}, merge_adapter=False)
     monkeypatch.delenv("ACCELERATE_USE_FSDP")
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)  # a GPU machine: only the recipe-kind refusal

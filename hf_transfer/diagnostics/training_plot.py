@@ -77,6 +77,14 @@ def finish_before_after_plot(plot: BeforeAfterPlot | None, trainer, output_dir) 
     """The hook after export: write ``diagnostics_tsne.png`` into ``output_dir`` (main process only)."""
     if plot is None or not trainer.is_world_process_zero():
         return None
+    from ..distributed import parameters_sharded
+
+    if parameters_sharded(trainer) and trainer.accelerator.num_processes > 1:
+        # Each process holds shards only, and a forward gathers them from all processes in lockstep: the main
+        # process alone would wait forever for the others.
+        warnings.warn("hf-transfer: skipped the after-training t-SNE: the engine shards the model (FSDP, ZeRO-3)",
+                      stacklevel=2)
+        return None
     try:
         model = trainer.accelerator.unwrap_model(trainer.model)
         return plot.write(model, output_dir)

@@ -40,6 +40,23 @@ def test_training_writes_the_before_after_tsne(trained_dir):
     assert (trained_dir / "config.json").is_file()  # the model export is untouched
 
 
+def test_after_plot_is_skipped_when_the_engine_shards_the_model(tmp_path):
+    """Under FSDP with several processes a forward on the main process alone would wait forever for the others."""
+    import types
+
+    from hf_transfer.diagnostics.training_plot import finish_before_after_plot
+
+    class Plot:
+        def write(self, model, output_dir):
+            raise AssertionError("a forward on the main process alone")
+
+    accelerator = types.SimpleNamespace(num_processes=2)
+    trainer = types.SimpleNamespace(is_world_process_zero=lambda: True, is_fsdp_enabled=True,
+                                    is_deepspeed_enabled=False, accelerator=accelerator)
+    with pytest.warns(UserWarning, match="the engine shards the model"):
+        assert finish_before_after_plot(Plot(), trainer, tmp_path) is None
+
+
 @pytest.fixture(scope="module")
 def python_report(tiny_model_dir, review_files, trained_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
