@@ -596,6 +596,14 @@ def check_launch(
         )
     elif dtype == "DEEPSPEED" and not machine.here:
         notes.append("the GPU machine needs `pip install deepspeed` (not in requirements.txt)")
+    efficient_loading = (config.fsdp_config or {}).get("fsdp_cpu_ram_efficient_loading", False)
+    if dtype == "FSDP" and n > 1 and str(efficient_loading).lower() == "true":
+        notes.append(
+            "fsdp_cpu_ram_efficient_loading: true (weights read by the main process only) went wrong with 2 FSDP2 "
+            "processes on the CPU: the second process's shard of the new classifier's bias was updated twice a "
+            "step, and saving a checkpoint failed (KeyError in torch's get_optimizer_state_dict); with false the "
+            "run equals one process (docs/distributed.md). Unchecked on GPUs"
+        )
 
     if recipe is not None:
         problems += _recipe_problems(plan, recipe, overrides, config, plugin, notes)

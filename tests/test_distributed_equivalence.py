@@ -55,13 +55,27 @@ def transfer_recipe(model_dir, review_files, out, **extra) -> dict:
             "train_sampling_strategy": "random", "save_strategy": "steps", "save_steps": STEPS, **extra}
 
 
-def run(recipe: dict, tmp_path: Path, name: str, *, processes: int, size_key: str, global_size: int) -> Path:
+def fsdp_launch(*args: str, num_processes: int = 2) -> list[str]:
+    """``accelerate launch`` with the shipped recipes/accelerate/fsdp.yaml (FSDP2) on gloo CPU processes, through
+    tests/fsdp_on_cpu.py (Accelerate enables FSDP for GPU groups only); fp32, as this CPU has no fast bf16."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+            str(REPO / "recipes/accelerate/fsdp.yaml"), "--num_processes", str(num_processes),
+            "--mixed_precision", "no", str(REPO / "tests/fsdp_on_cpu.py"), *args]
+
+
+def run(recipe: dict, tmp_path: Path, name: str, *, processes: int, size_key: str, global_size: int,
+        fsdp: bool = False) -> Path:
     """Train ``recipe`` with ``processes`` processes, each given ``global_size / processes`` of ``size_key``."""
     recipe = {**recipe, "output_dir": str(tmp_path / name), size_key: global_size // processes}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(recipe))
     train = ["-m", "hf_transfer", "train", str(path)]
-    cmd = [sys.executable, *train] if processes == 1 else accelerate_launch(*train, num_processes=processes)
+    if fsdp:
+        cmd = fsdp_launch("train", str(path), num_processes=processes)
+    elif processes == 1:
+        cmd = [sys.executable, *train]
+    else:
+        cmd = accelerate_launch(*train, num_processes=processes)
     # One thread a process: the two runs then sum in the same order within each matmul.
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
@@ -160,3 +174,18 @@ def test_meta_fomaml(no_dropout_model_dir, review_files, tmp_path):
     few_shot = [k for k in metrics if k.endswith("accuracy")]
     assert few_shot
     assert_same_metrics(one, two, few_shot)
+
+
+@pytest.mark.parametrize("case", ["mmd", "lora"])
+def test_fsdp2_trains_like_one_process(case, no_dropout_model_dir, review_files, tmp_path):
+    """The shipped fsdp.yaml (FSDP2: each BertLayer, then the rest, sharded over 2 processes) trains and exports
+    what one plain process does: the same losses, metrics and weights, gathered from the shards at export."""
+    extra = {"method": "mmd"} if case == "mmd" else {
+        "peft": {"peft_type": "LORA", "r": 4, "target_modules": ["query", "value"]}}
+    recipe = transfer_recipe(no_dropout_model_dir, review_files, tmp_path, **extra)
+    one = run(recipe, tmp_path, "one", processes=1, size_key="per_device_train_batch_size", global_size=8)
+    two = run(recipe, tmp_path, "fsdp", processes=2, size_key="per_device_train_batch_size", global_size=8,
+              fsdp=True)
+    assert_same_history(one, two)
+    assert_same_metrics(one, two, ["train_loss", "source_accuracy", "target_accuracy", "target_loss"])
+    assert_same_weights(one, two, "model.safetensors" if case == "mmd" else "adapter_model.safetensors")

@@ -93,6 +93,10 @@ def test_fsdp_with_a_recipe(recipe, tmp_path):
     # The shipped config wraps BertLayer and nothing else: it passes.
     plan = check_launch(fsdp, recipe, machine=GPUS)
     assert plan.engine == "FSDP2"
+    assert not any("efficient_loading" in note for note in plan.notes)
+    efficient = broken(tmp_path, "fsdp", fsdp_config__fsdp_cpu_ram_efficient_loading=True)
+    notes = check_launch(efficient, recipe, machine=GPUS).notes
+    assert any(n.startswith("fsdp_cpu_ram_efficient_loading: true (weights read by the main") for n in notes)
     (problem,) = problems_of(fsdp, {**recipe, "method": "dann"}, machine=GPUS)
     assert problem.startswith("method: dann train(s) parameters of their own")
     assert "couldn't be switched to its sharded version" in problem
@@ -193,7 +197,7 @@ def test_lifelong_recipes_run_on_ddp_only(tiny_model_dir, review_files):
         ),
         (
             "fsdp",
-            {"fsdp_config__fsdp_sync_module_states": False},
+            {"fsdp_config__fsdp_sync_module_states": False, "fsdp_config__fsdp_cpu_ram_efficient_loading": True},
             "fsdp_config.fsdp_sync_module_states: must be true with fsdp_cpu_ram_efficient_loading: true",
         ),
         (
