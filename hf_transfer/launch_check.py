@@ -501,25 +501,22 @@ def _engine_refusals(
             f"distributed_type: {distributed_type} is not supported for lifelong recipes ({why}); use "
             f"{MULTI_CPU_CONFIG} or recipes/accelerate/ddp.yaml (DDP)"
         )
-    if parametric_methods:
+    if parametric_methods and not (distributed_type == "FSDP" and fsdp_version == 2):
+        # Under FSDP2 the trainer makes the method stack a submodule of the model, so the engine shards and
+        # optimises it with the model (tests/test_distributed_equivalence.py); elsewhere it stays apart.
         names = ", ".join(parametric_methods)
         if distributed_type == "DEEPSPEED":
             why = (
                 "ZeRO maps every optimizer parameter to a name in the model it wraps, and these are not in it: "
                 "KeyError in _create_param_mapping, seen on an H200"
             )
-        elif fsdp_version == 2:
-            why = (
-                "with one process the optimizer's extra parameters have no shard to map to: 'A parameter in the "
-                "optimizer couldn't be switched to its sharded version', seen on an H200; with more, Accelerate's "
-                "prepare_model refuses an FSDP2 module without its optimizer"
-            )
         else:
             why = "FSDP1 would shard them after the optimizer holds the unsharded ones, which then never train"
         problems.append(
             f"method: {names} train(s) parameters of their own (a domain discriminator), which TransferTrainer adds "
-            f"to the optimizer and wraps apart from the model; {distributed_type} cannot do that ({why}). Use "
-            f"recipes/accelerate/ddp.yaml, or a method without parameters ({_PARAMETER_FREE_HINT})"
+            f"to the optimizer apart from the model under {distributed_type}, and {distributed_type} cannot do "
+            f"that ({why}). Use recipes/accelerate/fsdp.yaml (FSDP2) or ddp.yaml, or a method without parameters "
+            f"({_PARAMETER_FREE_HINT})"
         )
     return problems
 

@@ -43,7 +43,7 @@ from .methods import get_method_spec
 from .multitask.recipe import MultiTaskRecipe
 from .recipe import Recipe, load_recipe
 from .selection import build_selection, selection_summary
-from .trainer import GradualUnfreezing, TransferTrainer
+from .trainer import METHODS_SUBMODULE, GradualUnfreezing, TransferTrainer
 
 
 @dataclass
@@ -203,6 +203,7 @@ def train(
     if recipe.model.gradual_unfreezing_steps:
         callbacks.append(GradualUnfreezing(model, recipe.model.gradual_unfreezing_steps))
     eval_sets = {k: v for k, v in (("source", data.source_eval), ("target", data.target_eval)) if v is not None}
+    trainable, total = count_parameters(model)  # the model's own: a method's discriminator is not part of it
     trainer = TransferTrainer(
         model=model,
         args=args,
@@ -217,7 +218,6 @@ def train(
         layerwise_lr_decay=recipe.model.layerwise_lr_decay,
         extra_eval_metrics=selection,
     )
-    trainable, total = count_parameters(model)
     if trainer.is_world_process_zero():
         rows = "streamed training rows" if streaming else f"{len(data.train):,} training rows"
         print(f"hf-transfer: {recipe.model.model_name_or_path}, method {'+'.join(recipe.methods.method)}, "
@@ -258,6 +258,8 @@ def export(
     args = recipe.training
     accelerator = trainer.accelerator
     state_dict = full_state_dict(trainer)
+    if trainer.methods_in_model:  # the discriminator rode along in the engine's module; it is never exported
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(f"{METHODS_SUBMODULE}.")}
     if trainer.is_world_process_zero():
         model = accelerator.unwrap_model(trainer.model)
         stage = staging_dir(output_dir)

@@ -7,7 +7,8 @@ What it adds to the Trainer, and nothing else:
 * each registered method in the recipe adds ``trade_off * loss`` computed from the logits and the features the
   classifier head sees (captured by a forward hook, so any architecture works);
 * method parameters (e.g. a domain discriminator) are optimised with the model, wrapped for DDP when several
-  processes run, saved in every checkpoint and restored on resume, and never exported;
+  processes run (under FSDP sharded as a submodule of the model), saved in every checkpoint and restored on resume,
+  and never exported;
 * the task loss and every method's scalars are averaged between logging steps and logged;
 * layer-wise learning-rate decay and gradual unfreezing (see :mod:`hf_transfer.backbones`);
 * optional extra metrics at each periodic evaluation (``extra_eval_metrics``; the label-free validators of
@@ -34,6 +35,8 @@ from .errors import TrainingDivergedError
 from .methods import StepBatch, TransferMethod
 
 METHOD_STATE_FILE = "transfer_methods.safetensors"
+#: Under FSDP the method stack becomes a submodule of the model by this name (see TransferTrainer.__init__).
+METHODS_SUBMODULE = "hf_transfer_methods"
 
 
 def weighted_cross_entropy(
@@ -91,6 +94,30 @@ class MethodStack(nn.Module):
             for key, value in out.logs.items():
                 logs[f"{name}/{key}"] = value
         return total, logs
+
+
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of an FSDP2 shard (``DTensor``; a collective, every process calls it), else ``tensor``."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+def load_into(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """``module.load_state_dict(state)`` for whole tensors, also when FSDP2 has sharded the module's parameters:
+    each process then keeps its own shard of every whole tensor."""
+    own = module.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise RuntimeError(f"method state: missing {missing}, unexpected {unexpected}")
+    with torch.no_grad():
+        for name, target in own.items():
+            if hasattr(target, "device_mesh"):  # a DTensor shard
+                from torch.distributed.tensor import distribute_tensor
+
+                value = state[name].to(dtype=target.dtype, device=target.to_local().device)
+                value = distribute_tensor(value, target.device_mesh, target.placements)
+            else:
+                value = state[name].to(dtype=target.dtype, device=target.device)
+            target.copy_(value)
 
 
 class NonFiniteLossGuard:
@@ -215,8 +242,18 @@ class TransferTrainer(Trainer):
         self._log_sums: dict[str, float] = defaultdict(float)
         self._log_counts: dict[str, int] = defaultdict(int)
         self.extra_eval_metrics = extra_eval_metrics
+        # Method parameters (a discriminator) train with the model. Under FSDP they must be part of the module the
+        # engine prepares: FSDP2 maps every optimizer parameter to a shard of that module, and refuses one it does
+        # not hold. So the stack becomes a submodule of the model (left out again at export, see
+        # export_state_dict); the root FSDP unit shards it, the Trainer's optimizer holds it. Elsewhere it stays
+        # apart, with its own parameter group and (DDP) its own wrapper, as before.
+        self.methods_in_model = False
         if any(True for _ in self.method_stack.parameters()):
-            self.add_callback(ZeroMethodGradients(self.method_stack))
+            if self.is_fsdp_enabled:
+                self.model.add_module(METHODS_SUBMODULE, self.method_stack)
+                self.methods_in_model = True
+            else:
+                self.add_callback(ZeroMethodGradients(self.method_stack))
         self.loss_guard = NonFiniteLossGuard(
             check_every_step=self.args.device.type == "cpu", learning_rate=self.args.learning_rate
         )
@@ -238,7 +275,7 @@ class TransferTrainer(Trainer):
             )
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         optimizer = super().create_optimizer(model)
-        method_params = [p for p in self.method_stack.parameters() if p.requires_grad]
+        method_params = [p for p in self.method_stack.parameters() if p.requires_grad and not self.methods_in_model]
         if method_params and not any(
             any(p is q for q in method_params) for g in optimizer.param_groups for p in g["params"]
         ):
@@ -351,7 +388,7 @@ class TransferTrainer(Trainer):
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)
-        state = self.method_stack.state_dict()
+        state = {k: full_tensor(v) for k, v in self.method_stack.state_dict().items()}  # every process (FSDP)
         if state and self.args.should_save:
             tmp = os.path.join(output_dir, METHOD_STATE_FILE + ".tmp")
             save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp)
@@ -364,4 +401,4 @@ class TransferTrainer(Trainer):
         path = os.path.join(checkpoint, METHOD_STATE_FILE)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"resume_from_checkpoint: {checkpoint!r} has no {METHOD_STATE_FILE}")
-        self.method_stack.load_state_dict(load_file(path, device=str(self.args.device)))
+        load_into(self.method_stack, load_file(path))

@@ -18,7 +18,9 @@ What each case proves:
   loss is normalised by the global weight total; the discriminator sees the global batch; MMD is estimated over the
   global batch (8 vs 8 rows), not as the mean of two 4-vs-4 estimates (see hf_transfer.distributed);
 * multitask: every process draws the same task for a step and its share of the step's rows;
-* meta: one process with 2 episodes a step trains on the episodes two processes with 1 episode each share.
+* meta: one process with 2 episodes a step trains on the episodes two processes with 1 episode each share;
+* FSDP2 (the shipped fsdp.yaml on 2 gloo processes, through tests/fsdp_on_cpu.py): MMD and LoRA train like one
+  process, DANN (its discriminator sharded with the model) like DDP, and a sharded checkpoint resumes exactly.
 """
 
 from __future__ import annotations
@@ -176,16 +178,45 @@ def test_meta_fomaml(no_dropout_model_dir, review_files, tmp_path):
     assert_same_metrics(one, two, few_shot)
 
 
-@pytest.mark.parametrize("case", ["mmd", "lora"])
+@pytest.mark.parametrize("case", ["mmd", "lora", "dann"])
 def test_fsdp2_trains_like_one_process(case, no_dropout_model_dir, review_files, tmp_path):
     """The shipped fsdp.yaml (FSDP2: each BertLayer, then the rest, sharded over 2 processes) trains and exports
-    what one plain process does: the same losses, metrics and weights, gathered from the shards at export."""
-    extra = {"method": "mmd"} if case == "mmd" else {
-        "peft": {"peft_type": "LORA", "r": 4, "target_modules": ["query", "value"]}}
+    what one plain process does: the same losses, metrics and weights, gathered from the shards at export.
+
+    DANN's discriminator is sharded with the model under FSDP2 (a submodule of it), so the Trainer's gradient-norm
+    clip covers it too, where one process or DDP clips the model alone: DANN runs without clipping here, and is
+    compared with DDP, which it equals exactly (one process differs from both by float noise, which unclipped
+    adversarial updates grow to 1.5e-4 in 4 steps)."""
+    extra = {
+        "mmd": {"method": "mmd"},
+        "lora": {"peft": {"peft_type": "LORA", "r": 4, "target_modules": ["query", "value"]}},
+        "dann": {"method": "dann", "dann": {"dropout": 0.0, "hidden_size": 16}, "max_grad_norm": 0.0},
+    }[case]
     recipe = transfer_recipe(no_dropout_model_dir, review_files, tmp_path, **extra)
-    one = run(recipe, tmp_path, "one", processes=1, size_key="per_device_train_batch_size", global_size=8)
-    two = run(recipe, tmp_path, "fsdp", processes=2, size_key="per_device_train_batch_size", global_size=8,
-              fsdp=True)
-    assert_same_history(one, two)
-    assert_same_metrics(one, two, ["train_loss", "source_accuracy", "target_accuracy", "target_loss"])
-    assert_same_weights(one, two, "model.safetensors" if case == "mmd" else "adapter_model.safetensors")
+    size = {"size_key": "per_device_train_batch_size", "global_size": 8}
+    reference = run(recipe, tmp_path, "ddp", processes=2, **size) if case == "dann" else (
+        run(recipe, tmp_path, "one", processes=1, **size))
+    fsdp = run(recipe, tmp_path, "fsdp", processes=2, fsdp=True, **size)
+    assert_same_history(reference, fsdp, ("loss", "task_loss", "dann/domain_loss"))
+    assert_same_metrics(reference, fsdp, ["train_loss", "source_accuracy", "target_accuracy", "target_loss"])
+    # the export holds the model alone: the discriminator rode in the engine's module but is left out
+    assert_same_weights(reference, fsdp, "adapter_model.safetensors" if case == "lora" else "model.safetensors")
+    if case == "dann":  # and it trained as under DDP, gathered whole into the checkpoint
+        checkpoint = f"checkpoint-{STEPS}"
+        assert_same_weights(reference / checkpoint, fsdp / checkpoint, "transfer_methods.safetensors")
+
+
+def test_fsdp2_dann_resumes_exactly(no_dropout_model_dir, review_files, tmp_path):
+    """Resuming an FSDP2 run from a sharded checkpoint (model and optimizer from Accelerate's distributed
+    checkpoint, the discriminator from transfer_methods.safetensors, put back into its shards) ends where the
+    uninterrupted run ends."""
+    recipe = transfer_recipe(no_dropout_model_dir, review_files, tmp_path, method="dann", save_steps=2,
+                             dann={"dropout": 0.0, "hidden_size": 16})
+    size = {"size_key": "per_device_train_batch_size", "global_size": 8}
+    full = run(recipe, tmp_path, "full", processes=2, fsdp=True, **size)
+    resumed = run({**recipe, "resume_from_checkpoint": str(full / "checkpoint-2")}, tmp_path, "resumed",
+                  processes=2, fsdp=True, **size)
+    assert_same_history(full, resumed, ("loss", "task_loss", "dann/domain_loss"))
+    assert_same_weights(full, resumed)
+    checkpoint = f"checkpoint-{STEPS}"
+    assert_same_weights(full / checkpoint, resumed / checkpoint, "transfer_methods.safetensors")

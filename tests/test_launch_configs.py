@@ -97,9 +97,11 @@ def test_fsdp_with_a_recipe(recipe, tmp_path):
     efficient = broken(tmp_path, "fsdp", fsdp_config__fsdp_cpu_ram_efficient_loading=True)
     notes = check_launch(efficient, recipe, machine=GPUS).notes
     assert any(n.startswith("fsdp_cpu_ram_efficient_loading: true (weights read by the main") for n in notes)
-    (problem,) = problems_of(fsdp, {**recipe, "method": "dann"}, machine=GPUS)
-    assert problem.startswith("method: dann train(s) parameters of their own")
-    assert "couldn't be switched to its sharded version" in problem
+    # FSDP2 shards a discriminator with the model (the trainer makes it a submodule); FSDP1 cannot
+    assert "method dann" in check_launch(fsdp, {**recipe, "method": "dann"}, machine=GPUS).model
+    fsdp1 = broken(tmp_path, "fsdp", fsdp_config__fsdp_version=1, fsdp_config__fsdp_use_orig_params=True)
+    (problem,) = problems_of(fsdp1, {**recipe, "method": "dann"}, machine=GPUS)
+    assert problem.startswith("method: dann train(s) parameters of their own") and "FSDP1" in problem
     # No process holds a whole model to merge a LoRA adapter into; the adapter alone exports.
     lora = {**recipe, "peft": {"peft_type": "LORA", "r": 2, "target_modules": ["query"]}}
     check_launch(fsdp, lora, machine=GPUS)
@@ -278,10 +280,12 @@ def test_launched_processes_refuse_what_cannot_run(recipe, monkeypatch):
         load_recipe({**recipe, "method": "mmd"})
     (gpu,) = err.value.problems
     assert gpu.startswith("distributed_type: FSDP needs CUDA GPUs, and this machine has none")
+    monkeypatch.setenv("FSDP_VERSION", "1")
     with pytest.raises(LaunchConfigError) as err:
         load_recipe({**recipe, "method": "dann"})
     assert err.value.problems[0] == gpu
     assert err.value.problems[1].startswith("method: dann train(s) parameters")
+    monkeypatch.setenv("FSDP_VERSION", "2")
     with pytest.raises(LaunchConfigError) as err:
         load_recipe({**recipe, "peft": {"peft_type": "LORA", "r": 2, "target_modules": ["query"]},
                      "merge_adapter": True})
