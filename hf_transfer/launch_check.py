@@ -501,22 +501,13 @@ def _engine_refusals(
             f"distributed_type: {distributed_type} is not supported for lifelong recipes ({why}); use "
             f"{MULTI_CPU_CONFIG} or recipes/accelerate/ddp.yaml (DDP)"
         )
-    if parametric_methods and not (distributed_type == "FSDP" and fsdp_version == 2):
-        # Under FSDP2 the trainer makes the method stack a submodule of the model, so the engine shards and
-        # optimises it with the model (tests/test_distributed_equivalence.py); elsewhere it stays apart.
-        names = ", ".join(parametric_methods)
-        if distributed_type == "DEEPSPEED":
-            why = (
-                "ZeRO maps every optimizer parameter to a name in the model it wraps, and these are not in it: "
-                "KeyError in _create_param_mapping, seen on an H200"
-            )
-        else:
-            why = "FSDP1 would shard them after the optimizer holds the unsharded ones, which then never train"
+    if parametric_methods and distributed_type == "FSDP" and fsdp_version != 2:
+        # Under FSDP2 and DeepSpeed the trainer makes the method stack a submodule of the model, which the engine
+        # shards and optimises with the model (tests/test_distributed_equivalence.py). FSDP1 was never run so.
         problems.append(
-            f"method: {names} train(s) parameters of their own (a domain discriminator), which TransferTrainer adds "
-            f"to the optimizer apart from the model under {distributed_type}, and {distributed_type} cannot do "
-            f"that ({why}). Use recipes/accelerate/fsdp.yaml (FSDP2) or ddp.yaml, or a method without parameters "
-            f"({_PARAMETER_FREE_HINT})"
+            f"method: {', '.join(parametric_methods)} train(s) parameters of their own (a domain discriminator), "
+            "which were never trained under FSDP1; use fsdp_version: 2 (recipes/accelerate/fsdp.yaml), DeepSpeed "
+            f"or DDP, or a method without parameters ({_PARAMETER_FREE_HINT})"
         )
     return problems
 
@@ -589,10 +580,10 @@ def check_launch(
     if dtype == "DEEPSPEED" and not machine.deepspeed:
         problems.append(
             "distributed_type: DEEPSPEED needs the deepspeed package, not installed here; "
-            "`pip install deepspeed` on the GPU machine (it is not in requirements.txt)"
+            "`pip install -r requirements.txt` (which pins deepspeed) on the GPU machine"
         )
     elif dtype == "DEEPSPEED" and not machine.here:
-        notes.append("the GPU machine needs `pip install deepspeed` (not in requirements.txt)")
+        notes.append("the GPU machine needs deepspeed (`pip install -r requirements.txt` pins it)")
     efficient_loading = (config.fsdp_config or {}).get("fsdp_cpu_ram_efficient_loading", False)
     if dtype == "FSDP" and n > 1 and str(efficient_loading).lower() == "true":
         notes.append(

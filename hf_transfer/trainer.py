@@ -7,8 +7,8 @@ What it adds to the Trainer, and nothing else:
 * each registered method in the recipe adds ``trade_off * loss`` computed from the logits and the features the
   classifier head sees (captured by a forward hook, so any architecture works);
 * method parameters (e.g. a domain discriminator) are optimised with the model, wrapped for DDP when several
-  processes run (under FSDP sharded as a submodule of the model), saved in every checkpoint and restored on resume,
-  and never exported;
+  processes run (under FSDP and DeepSpeed, sharded as a submodule of the model), saved in every checkpoint and
+  restored on resume, and never exported;
 * the task loss and every method's scalars are averaged between logging steps and logged;
 * layer-wise learning-rate decay and gradual unfreezing (see :mod:`hf_transfer.backbones`);
 * optional extra metrics at each periodic evaluation (``extra_eval_metrics``; the label-free validators of
@@ -35,7 +35,7 @@ from .errors import TrainingDivergedError
 from .methods import StepBatch, TransferMethod
 
 METHOD_STATE_FILE = "transfer_methods.safetensors"
-#: Under FSDP the method stack becomes a submodule of the model by this name (see TransferTrainer.__init__).
+#: Under FSDP and DeepSpeed the method stack becomes a submodule of the model by this name (TransferTrainer.__init__).
 METHODS_SUBMODULE = "hf_transfer_methods"
 
 
@@ -94,30 +94,6 @@ class MethodStack(nn.Module):
             for key, value in out.logs.items():
                 logs[f"{name}/{key}"] = value
         return total, logs
-
-
-def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
-    """The whole tensor of an FSDP2 shard (``DTensor``; a collective, every process calls it), else ``tensor``."""
-    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
-
-
-def load_into(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """``module.load_state_dict(state)`` for whole tensors, also when FSDP2 has sharded the module's parameters:
-    each process then keeps its own shard of every whole tensor."""
-    own = module.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise RuntimeError(f"method state: missing {missing}, unexpected {unexpected}")
-    with torch.no_grad():
-        for name, target in own.items():
-            if hasattr(target, "device_mesh"):  # a DTensor shard
-                from torch.distributed.tensor import distribute_tensor
-
-                value = state[name].to(dtype=target.dtype, device=target.to_local().device)
-                value = distribute_tensor(value, target.device_mesh, target.placements)
-            else:
-                value = state[name].to(dtype=target.dtype, device=target.device)
-            target.copy_(value)
 
 
 class NonFiniteLossGuard:
@@ -242,14 +218,16 @@ class TransferTrainer(Trainer):
         self._log_sums: dict[str, float] = defaultdict(float)
         self._log_counts: dict[str, int] = defaultdict(int)
         self.extra_eval_metrics = extra_eval_metrics
-        # Method parameters (a discriminator) train with the model. Under FSDP they must be part of the module the
-        # engine prepares: FSDP2 maps every optimizer parameter to a shard of that module, and refuses one it does
-        # not hold. So the stack becomes a submodule of the model (left out again at export, see
-        # export_state_dict); the root FSDP unit shards it, the Trainer's optimizer holds it. Elsewhere it stays
-        # apart, with its own parameter group and (DDP) its own wrapper, as before.
+        # Method parameters (a discriminator) train with the model. Under FSDP and DeepSpeed they must be part of
+        # the module the engine prepares: both map every optimizer parameter to (a shard of) that module, and
+        # refuse one it does not hold. So the stack becomes a submodule of the model: the engine shards it, the
+        # Trainer's one optimizer holds it, the engine's checkpoints carry it, and run.export leaves it out. With
+        # one process or DDP it stays apart, with its own parameter group and (DDP) its own wrapper: transformers
+        # wraps DDP with find_unused_parameters, which would count the discriminator (used after the model's
+        # forward) as unused and then fail when its gradients arrive.
         self.methods_in_model = False
         if any(True for _ in self.method_stack.parameters()):
-            if self.is_fsdp_enabled:
+            if self.is_fsdp_enabled or self.is_deepspeed_enabled:
                 self.model.add_module(METHODS_SUBMODULE, self.method_stack)
                 self.methods_in_model = True
             else:
@@ -388,7 +366,9 @@ class TransferTrainer(Trainer):
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)
-        state = {k: full_tensor(v) for k, v in self.method_stack.state_dict().items()}  # every process (FSDP)
+        if self.methods_in_model:  # the engine's own checkpoint of the model holds the method state (sharded)
+            return
+        state = self.method_stack.state_dict()
         if state and self.args.should_save:
             tmp = os.path.join(output_dir, METHOD_STATE_FILE + ".tmp")
             save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp)
@@ -396,9 +376,9 @@ class TransferTrainer(Trainer):
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is None or not len(self.method_stack.state_dict()):
+        if checkpoint is None or self.methods_in_model or not len(self.method_stack.state_dict()):
             return
         path = os.path.join(checkpoint, METHOD_STATE_FILE)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"resume_from_checkpoint: {checkpoint!r} has no {METHOD_STATE_FILE}")
-        load_into(self.method_stack, load_file(path))
+        self.method_stack.load_state_dict(load_file(path, device=str(self.args.device)))

@@ -19,8 +19,9 @@ What each case proves:
   global batch (8 vs 8 rows), not as the mean of two 4-vs-4 estimates (see hf_transfer.distributed);
 * multitask: every process draws the same task for a step and its share of the step's rows;
 * meta: one process with 2 episodes a step trains on the episodes two processes with 1 episode each share;
-* FSDP2 (the shipped fsdp.yaml on 2 gloo processes, through tests/fsdp_on_cpu.py): MMD and LoRA train like one
-  process, DANN (its discriminator sharded with the model) like DDP, and a sharded checkpoint resumes exactly.
+* FSDP2, DeepSpeed ZeRO-2 and ZeRO-3 (the shipped configs on 2 gloo processes, through tests/engines_on_cpu.py):
+  MMD (and LoRA under FSDP2) train like one process, DANN (its discriminator sharded with the model) like DDP, and
+  a sharded FSDP2 checkpoint resumes exactly.
 """
 
 from __future__ import annotations
@@ -57,23 +58,38 @@ def transfer_recipe(model_dir, review_files, out, **extra) -> dict:
             "train_sampling_strategy": "random", "save_strategy": "steps", "save_steps": STEPS, **extra}
 
 
-def fsdp_launch(*args: str, num_processes: int = 2) -> list[str]:
-    """``accelerate launch`` with the shipped recipes/accelerate/fsdp.yaml (FSDP2) on gloo CPU processes, through
-    tests/fsdp_on_cpu.py (Accelerate enables FSDP for GPU groups only); fp32, as this CPU has no fast bf16."""
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-            str(REPO / "recipes/accelerate/fsdp.yaml"), "--num_processes", str(num_processes),
-            "--mixed_precision", "no", str(REPO / "tests/fsdp_on_cpu.py"), *args]
+ENGINE_CONFIGS = {"fsdp": "fsdp.yaml", "zero2": "deepspeed_zero2.yaml"}
+
+
+def engine_config(engine: str, folder: Path) -> Path:
+    """The shipped config of ``engine``; ``zero3`` is deepspeed_zero2.yaml at stage 3, gathering 16-bit weights for
+    the export (check-launch asks for that)."""
+    if engine != "zero3":
+        return REPO / "recipes/accelerate" / ENGINE_CONFIGS[engine]
+    config = yaml.safe_load((REPO / "recipes/accelerate/deepspeed_zero2.yaml").read_text())
+    config["deepspeed_config"].update(zero_stage=3, zero3_save_16bit_model=True)
+    path = folder / "accelerate-zero3.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def engine_launch(config: Path, *args: str, num_processes: int = 2) -> list[str]:
+    """``accelerate launch`` with an FSDP or DeepSpeed config on gloo CPU processes, through tests/engines_on_cpu.py
+    (Accelerate enables both for GPU groups only); fp32, as this CPU has no fast bf16."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--num_processes",
+            str(num_processes), "--mixed_precision", "no", str(REPO / "tests/engines_on_cpu.py"), *args]
 
 
 def run(recipe: dict, tmp_path: Path, name: str, *, processes: int, size_key: str, global_size: int,
-        fsdp: bool = False) -> Path:
-    """Train ``recipe`` with ``processes`` processes, each given ``global_size / processes`` of ``size_key``."""
+        engine: str | None = None) -> Path:
+    """Train ``recipe`` with ``processes`` processes, each given ``global_size / processes`` of ``size_key``; under
+    ``engine`` (fsdp, zero2, zero3) when given, else DDP."""
     recipe = {**recipe, "output_dir": str(tmp_path / name), size_key: global_size // processes}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(recipe))
     train = ["-m", "hf_transfer", "train", str(path)]
-    if fsdp:
-        cmd = fsdp_launch("train", str(path), num_processes=processes)
+    if engine:
+        cmd = engine_launch(engine_config(engine, tmp_path), "train", str(path), num_processes=processes)
     elif processes == 1:
         cmd = [sys.executable, *train]
     else:
@@ -178,45 +194,68 @@ def test_meta_fomaml(no_dropout_model_dir, review_files, tmp_path):
     assert_same_metrics(one, two, few_shot)
 
 
-@pytest.mark.parametrize("case", ["mmd", "lora", "dann"])
-def test_fsdp2_trains_like_one_process(case, no_dropout_model_dir, review_files, tmp_path):
-    """The shipped fsdp.yaml (FSDP2: each BertLayer, then the rest, sharded over 2 processes) trains and exports
-    what one plain process does: the same losses, metrics and weights, gathered from the shards at export.
+SIZE = {"size_key": "per_device_train_batch_size", "global_size": 8}
 
-    DANN's discriminator is sharded with the model under FSDP2 (a submodule of it), so the Trainer's gradient-norm
-    clip covers it too, where one process or DDP clips the model alone: DANN runs without clipping here, and is
-    compared with DDP, which it equals exactly (one process differs from both by float noise, which unclipped
-    adversarial updates grow to 1.5e-4 in 4 steps)."""
-    extra = {
-        "mmd": {"method": "mmd"},
-        "lora": {"peft": {"peft_type": "LORA", "r": 4, "target_modules": ["query", "value"]}},
-        "dann": {"method": "dann", "dann": {"dropout": 0.0, "hidden_size": 16}, "max_grad_norm": 0.0},
-    }[case]
-    recipe = transfer_recipe(no_dropout_model_dir, review_files, tmp_path, **extra)
-    size = {"size_key": "per_device_train_batch_size", "global_size": 8}
-    reference = run(recipe, tmp_path, "ddp", processes=2, **size) if case == "dann" else (
-        run(recipe, tmp_path, "one", processes=1, **size))
-    fsdp = run(recipe, tmp_path, "fsdp", processes=2, fsdp=True, **size)
-    assert_same_history(reference, fsdp, ("loss", "task_loss", "dann/domain_loss"))
-    assert_same_metrics(reference, fsdp, ["train_loss", "source_accuracy", "target_accuracy", "target_loss"])
-    # the export holds the model alone: the discriminator rode in the engine's module but is left out
-    assert_same_weights(reference, fsdp, "adapter_model.safetensors" if case == "lora" else "model.safetensors")
-    if case == "dann":  # and it trained as under DDP, gathered whole into the checkpoint
-        checkpoint = f"checkpoint-{STEPS}"
-        assert_same_weights(reference / checkpoint, fsdp / checkpoint, "transfer_methods.safetensors")
+
+def assert_same_model(one: Path, two: Path) -> None:
+    """The exported models, compared as transformers loads them (ZeRO-3's export names LayerNorm weights with the
+    legacy gamma/beta, which transformers writes back when a model was loaded under ZeRO-3 and renames on load)."""
+    from transformers import AutoModelForSequenceClassification
+
+    a = AutoModelForSequenceClassification.from_pretrained(one).state_dict()
+    b = AutoModelForSequenceClassification.from_pretrained(two).state_dict()
+    assert a.keys() == b.keys()
+    worst = max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+    assert worst <= WEIGHT_ATOL, f"weights differ by up to {worst:.2e}"
+
+
+def test_sharded_engines_train_like_one_process(no_dropout_model_dir, review_files, tmp_path):
+    """FSDP2 (the shipped fsdp.yaml: each BertLayer, then the rest), DeepSpeed ZeRO-2 (deepspeed_zero2.yaml) and
+    ZeRO-3, each over 2 processes, train and export what one plain process does with MMD: the same losses, metrics
+    and weights, gathered from the shards at export."""
+    recipe = transfer_recipe(no_dropout_model_dir, review_files, tmp_path, method="mmd")
+    one = run(recipe, tmp_path, "one", processes=1, **SIZE)
+    for engine in ("fsdp", "zero2", "zero3"):
+        two = run(recipe, tmp_path, engine, processes=2, engine=engine, **SIZE)
+        assert_same_history(one, two)
+        assert_same_metrics(one, two, ["train_loss", "source_accuracy", "target_accuracy", "target_loss"])
+        if engine == "zero3":
+            assert_same_model(one, two)
+        else:
+            assert_same_weights(one, two)
+
+
+def test_fsdp2_trains_lora_like_one_process(no_dropout_model_dir, review_files, tmp_path):
+    recipe = transfer_recipe(no_dropout_model_dir, review_files, tmp_path,
+                             peft={"peft_type": "LORA", "r": 4, "target_modules": ["query", "value"]})
+    one = run(recipe, tmp_path, "one", processes=1, **SIZE)
+    two = run(recipe, tmp_path, "fsdp", processes=2, engine="fsdp", **SIZE)
+    assert_same_history(one, two)
+    assert_same_weights(one, two, "adapter_model.safetensors")
+
+
+def test_discriminator_under_sharded_engines_trains_like_ddp(no_dropout_model_dir, review_files, tmp_path):
+    """DANN's discriminator is part of the engine's module under FSDP2 and ZeRO-2 (a submodule of the model), so the
+    Trainer's gradient-norm clip covers it too, where DDP clips the model alone: the runs here do not clip, and are
+    compared with DDP, which they equal (one process differs from all three by float noise, which unclipped
+    adversarial updates grow to 1.5e-4 in 4 steps). The export leaves the discriminator out."""
+    recipe = transfer_recipe(no_dropout_model_dir, review_files, tmp_path, method="dann", max_grad_norm=0.0,
+                             dann={"dropout": 0.0, "hidden_size": 16})
+    ddp = run(recipe, tmp_path, "ddp", processes=2, **SIZE)
+    for engine in ("fsdp", "zero2"):
+        two = run(recipe, tmp_path, engine, processes=2, engine=engine, **SIZE)
+        assert_same_history(ddp, two, ("loss", "task_loss", "dann/domain_loss", "dann/domain_accuracy"))
+        assert_same_weights(ddp, two)  # same keys: no discriminator in the export
 
 
 def test_fsdp2_dann_resumes_exactly(no_dropout_model_dir, review_files, tmp_path):
-    """Resuming an FSDP2 run from a sharded checkpoint (model and optimizer from Accelerate's distributed
-    checkpoint, the discriminator from transfer_methods.safetensors, put back into its shards) ends where the
-    uninterrupted run ends."""
+    """Resuming an FSDP2 run from its sharded checkpoint (Accelerate's distributed checkpoint of the model, the
+    discriminator inside it, and of the optimizer) ends where the uninterrupted run ends: the discriminator steers
+    the model's gradients through the reversal layer, so a discriminator not restored shows in the weights."""
     recipe = transfer_recipe(no_dropout_model_dir, review_files, tmp_path, method="dann", save_steps=2,
                              dann={"dropout": 0.0, "hidden_size": 16})
-    size = {"size_key": "per_device_train_batch_size", "global_size": 8}
-    full = run(recipe, tmp_path, "full", processes=2, fsdp=True, **size)
+    full = run(recipe, tmp_path, "full", processes=2, engine="fsdp", **SIZE)
     resumed = run({**recipe, "resume_from_checkpoint": str(full / "checkpoint-2")}, tmp_path, "resumed",
-                  processes=2, fsdp=True, **size)
+                  processes=2, engine="fsdp", **SIZE)
     assert_same_history(full, resumed, ("loss", "task_loss", "dann/domain_loss"))
     assert_same_weights(full, resumed)
-    checkpoint = f"checkpoint-{STEPS}"
-    assert_same_weights(full / checkpoint, resumed / checkpoint, "transfer_methods.safetensors")
