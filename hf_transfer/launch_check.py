@@ -736,6 +736,12 @@ def _recipe_problems(plan: LaunchPlan, recipe, overrides, config, plugin, notes:
         zero_stage=zero_stage,
         zero3_saves_model=bool(saves) and str(saves).lower() != "false",
     )
+    if parametric and dtype in ("FSDP", "DEEPSPEED") and args.max_grad_norm and not problems:
+        notes.append(
+            f"method: {', '.join(parametric)}: the discriminator is sharded with the model here, so max_grad_norm "
+            f"({args.max_grad_norm:g}) clips its gradients together with the model's (one process or DDP clips the "
+            "model's alone); set max_grad_norm: 0 for the same updates as DDP (docs/distributed.md)"
+        )
     if kind in ("meta-learning", "multi-task") and dtype in ("FSDP", "DEEPSPEED"):
         notes.append(f"{kind} recipes were not validated under {dtype} (only flat transfer recipes and DDP)")
     if dtype == "DEEPSPEED" and plan.mixed_precision in ("bf16", "fp16") and not getattr(args, plan.mixed_precision):

@@ -98,7 +98,11 @@ def test_fsdp_with_a_recipe(recipe, tmp_path):
     notes = check_launch(efficient, recipe, machine=GPUS).notes
     assert any(n.startswith("fsdp_cpu_ram_efficient_loading: true (weights read by the main") for n in notes)
     # FSDP2 shards a discriminator with the model (the trainer makes it a submodule); FSDP1 cannot
-    assert "method dann" in check_launch(fsdp, {**recipe, "method": "dann"}, machine=GPUS).model
+    plan = check_launch(fsdp, {**recipe, "method": "dann"}, machine=GPUS)
+    assert "method dann" in plan.model
+    assert any(n.startswith("method: dann: the discriminator is sharded with the model") for n in plan.notes)
+    plan = check_launch(fsdp, {**recipe, "method": "dann", "max_grad_norm": 0.0}, machine=GPUS)
+    assert not any("discriminator" in n for n in plan.notes)
     fsdp1 = broken(tmp_path, "fsdp", fsdp_config__fsdp_version=1, fsdp_config__fsdp_use_orig_params=True)
     (problem,) = problems_of(fsdp1, {**recipe, "method": "dann"}, machine=GPUS)
     assert problem.startswith("method: dann train(s) parameters of their own")
