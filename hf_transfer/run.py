@@ -257,6 +257,10 @@ def export(
     the recipe asks. Every process joins the gathering of a sharded model; the main process writes, the others wait."""
     args = recipe.training
     accelerator = trainer.accelerator
+    peft_type = recipe.peft["peft_type"] if recipe.peft else None
+    if peft_type and recipe.model.merge_adapter and parameters_sharded(trainer):
+        # Refused before training (launch_check); checked again on every process, so none waits for the others.
+        raise UserError("model.merge_adapter: not available when the engine shards the parameters")
     state_dict = full_state_dict(trainer)
     if trainer.methods_in_model:  # the discriminator rode along in the engine's module; it is never exported
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(f"{METHODS_SUBMODULE}.")}
@@ -265,10 +269,7 @@ def export(
         stage = staging_dir(output_dir)
         model.save_pretrained(stage, state_dict=state_dict)
         trainer.processing_class.save_pretrained(stage)
-        peft_type = recipe.peft["peft_type"] if recipe.peft else None
         if peft_type and recipe.model.merge_adapter:
-            if parameters_sharded(trainer):  # refused before training (launch_check); never write a broken copy
-                raise UserError("model.merge_adapter: not available when the engine shards the parameters")
             merged = copy.deepcopy(model).merge_and_unload()
             merged.save_pretrained(stage / "merged")
             trainer.processing_class.save_pretrained(stage / "merged")

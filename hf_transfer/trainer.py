@@ -253,7 +253,8 @@ class TransferTrainer(Trainer):
             )
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         optimizer = super().create_optimizer(model)
-        method_params = [p for p in self.method_stack.parameters() if p.requires_grad and not self.methods_in_model]
+        # (Inside the model, the Trainer's own groups already hold them.)
+        method_params = [] if self.methods_in_model else [p for p in self.method_stack.parameters() if p.requires_grad]
         if method_params and not any(
             any(p is q for q in method_params) for g in optimizer.param_groups for p in g["params"]
         ):

@@ -14,6 +14,8 @@ import os
 import warnings
 from pathlib import Path
 
+from ..distributed import parameters_sharded
+
 PLOT_NAME = "diagnostics_tsne.png"
 ENABLE_ENV = "HF_TRANSFER_TSNE_PLOT"
 ROWS_ENV = "HF_TRANSFER_TSNE_ROWS"
@@ -77,8 +79,6 @@ def finish_before_after_plot(plot: BeforeAfterPlot | None, trainer, output_dir) 
     """The hook after export: write ``diagnostics_tsne.png`` into ``output_dir`` (main process only)."""
     if plot is None or not trainer.is_world_process_zero():
         return None
-    from ..distributed import parameters_sharded
-
     if parameters_sharded(trainer) and trainer.accelerator.num_processes > 1:
         # Each process holds shards only, and a forward gathers them from all processes in lockstep: the main
         # process alone would wait forever for the others.

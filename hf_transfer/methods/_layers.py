@@ -122,13 +122,13 @@ def full_precision(tensor: torch.Tensor):
     return torch.autocast(device_type=tensor.device.type, enabled=False)
 
 
-def side_weights(batch: StepBatch, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(B,)`` 0/1 weights of the source rows and of the target rows.
+def side_weights(domain: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B,)`` 0/1 weights of the source rows (``domain`` 0) and of the target rows (``domain`` 1).
 
     Methods weight rows by these rather than select them (``features[batch.source_mask]``): a boolean-mask select
     has a data-dependent size, so it waits on the device every step (as does an ``if`` on a row count); a weighted
     sum over all rows does not."""
-    return (batch.domain == 0).to(dtype), (batch.domain == 1).to(dtype)
+    return (domain == 0).to(dtype), (domain == 1).to(dtype)
 
 
 def at_least(count: torch.Tensor, minimum: int) -> torch.Tensor:

@@ -52,7 +52,7 @@ class CORAL(TransferMethod):
     needs_target = True
 
     def forward(self, batch: StepBatch) -> MethodOutput:
-        source, target = side_weights(batch)
+        source, target = side_weights(batch.domain)
         with full_precision(batch.features):
             features = batch.features.float()
             loss = _covariance_gap(covariance(features, source), covariance(features, target))

@@ -38,7 +38,7 @@ class Entropy(TransferMethod):
     needs_target = True
 
     def forward(self, batch: StepBatch) -> MethodOutput:
-        _, target = side_weights(batch)
+        _, target = side_weights(batch.domain)
         # Weighted, not selected (no wait on the device); 0 on a batch without target rows.
         loss = (prediction_entropy(batch.logits.float()) * target).sum() / target.sum().clamp_min(1)
         return MethodOutput(loss, {})

@@ -100,7 +100,7 @@ class GraphLaplacian(TransferMethod):
             # device). Classes absent from the batch get a zero prototype and are cut out of the graph (isolated
             # nodes add nothing to either Laplacian), which is the present classes' sub-graph.
             # (F.one_hot would read the labels' range on the host; -100 matches no class here.)
-            source, _ = side_weights(batch)
+            source, _ = side_weights(batch.domain)
             classes = torch.arange(adjacency.shape[0], device=batch.labels.device)
             onehot = (batch.labels.unsqueeze(1) == classes.unsqueeze(0)).float() * source.unsqueeze(1)
             counts = onehot.sum(0)

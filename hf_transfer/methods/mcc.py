@@ -59,7 +59,7 @@ class MCC(TransferMethod):
     needs_target = True
 
     def forward(self, batch: StepBatch) -> MethodOutput:
-        _, target = side_weights(batch)
+        _, target = side_weights(batch.domain)
         with full_precision(batch.logits):
             loss = mcc_loss(batch.logits.float(), self.config.temperature, row_weight=target)
         return MethodOutput(loss, {})

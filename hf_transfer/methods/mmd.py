@@ -144,11 +144,13 @@ def mmd2_by_domain(
     order, without reading a row count on the host (so a training step never waits on the device here).
 
     Rows are weighted by their side rather than selected. The linear estimator pairs rows in their order within
-    each side, as :func:`mmd2` does on the selected rows. With fewer than 2 rows on a side the result is a finite
-    meaningless number: gate it with the row counts (the method does).
+    each side, as :func:`mmd2` does on the selected rows. With fewer than 2 rows on a side the result is 0 (still
+    attached to the graph), where :func:`mmd2` raises.
     """
-    s, t = (domain == 0).to(features.dtype), (domain == 1).to(features.dtype)
+    s, t = side_weights(domain, features.dtype)
     ns, nt = s.sum(), t.sum()
+    # Each estimate below is finite with too few rows (denominators clamped); the flag then zeroes it.
+    enough = at_least(ns, 2) * at_least(nt, 2)
     if bandwidth is None:
         bandwidth = mean_pairwise_squared_distance(features)
     bandwidth = torch.as_tensor(bandwidth, dtype=features.dtype, device=features.device).clamp_min(1e-12)
@@ -164,7 +166,7 @@ def mmd2_by_domain(
         xx = (s @ k @ s - (s * diagonal).sum()) / (ns * (ns - 1)).clamp_min(1)
         yy = (t @ k @ t - (t * diagonal).sum()) / (nt * (nt - 1)).clamp_min(1)
         xy = (s @ k @ t) / (ns * nt).clamp_min(1)
-        return xx + yy - 2.0 * xy
+        return (xx + yy - 2.0 * xy) * enough
     if estimator == "linear":
         # Sort the source rows first (stable: each side keeps its order); pair i is source rows 2i, 2i+1 and target
         # rows n_s + 2i, n_s + 2i + 1, for i < m = floor(min(n_s, n_t) / 2). Indices past the end are clamped and
@@ -185,7 +187,7 @@ def mmd2_by_domain(
 
         h = pair(s1, s2) + pair(t1, t2) - pair(s1, t2) - pair(s2, t1)
         used = (i < m).to(features.dtype)
-        return (h * used).sum() / m.clamp_min(1).to(features.dtype)
+        return (h * used).sum() / m.clamp_min(1).to(features.dtype) * enough
     raise ValueError(f"unknown MMD estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
 
 
@@ -193,7 +195,7 @@ class MMD(TransferMethod):
     """MK-MMD (DAN) or JMMD (JAN) between the source and target rows of ``batch.features``.
 
     Logs ``bandwidth`` (the base bandwidth used); the trainer logs the estimate itself as ``mmd/loss``. A batch with
-    fewer than 2 rows on a side gives an attached zero.
+    fewer than 2 rows on a side gives an attached zero (see :func:`mmd2_by_domain`).
     """
 
     needs_target = True
@@ -214,9 +216,7 @@ class MMD(TransferMethod):
                 predictions=batch.logits.float().softmax(-1) if c.joint else None,
                 prediction_bandwidth=c.prediction_bandwidth,
             )
-        source, target = side_weights(batch)
-        enough = at_least(source.sum(), 2) * at_least(target.sum(), 2)
-        return MethodOutput(loss * enough, {"bandwidth": torch.as_tensor(bandwidth).detach()})
+        return MethodOutput(loss, {"bandwidth": torch.as_tensor(bandwidth).detach()})
 
 
 register_method("mmd", MMDConfig, MMD)
