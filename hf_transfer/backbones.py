@@ -175,6 +175,9 @@ def load_classifier(
         raise _load_error(name_or_path, err) from None
     # Record the Hub id, not the site-packages folder, so the saved config and card name the real base model.
     model.config._name_or_path = name_or_path
+    # PEFT writes `model.name_or_path` (not the config's) as the adapter's base_model_name_or_path: the Hub id, so
+    # anyone can load the adapter; a local folder as an absolute path, so it loads from any working directory.
+    model.name_or_path = os.path.abspath(name_or_path) if os.path.isdir(name_or_path) else name_or_path
     return model
 
 

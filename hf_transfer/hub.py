@@ -1,61 +1,34 @@
-"""Write what a run leaves behind (model or adapter, tokenizer, metrics, recipe, model card) and push it.
+"""Write what a run leaves behind (model or adapter, tokenizer, metrics, recipe, model card) and push it. The
+card itself is built by :mod:`hf_transfer.cards`.
 
-Everything is written on the main process only, into a staging folder beside ``output_dir``, then moved in
-file by file with ``os.replace`` (atomic on one filesystem). The files that make a folder loadable
-(``config.json``, ``adapter_config.json``) move last, so a crash part-way never leaves a folder that loads as a
-half-written model.
+Everything is written on the main process only, into a staging folder beside ``output_dir``, then swapped in as
+a whole folder (:mod:`hf_transfer.outputs`): a crash at any point leaves either the complete old folder or the
+complete new one, never a mix.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from .outputs import (  # noqa: F401  (re-exported: the families write their exports with these)
+    RUN_MARKER,
+    atomic_write_json,
+    atomic_write_text,
+    discard_stage,
+    publish_folder,
+    release_lock,
+    staging_dir,
+)
 
-# Moved last: their presence is what makes `from_pretrained` treat the folder as a model.
-_LOADABLE_MARKERS = ("config.json", "adapter_config.json")
-EXPORT_IGNORE = ["checkpoint-*", "runs/*", "*.tmp", ".staging-*"]
+logger = logging.getLogger(__name__)
 
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=float) + "\n")
-
-
-def publish_folder(staging: Path, destination: Path) -> None:
-    """Move every file of ``staging`` into ``destination`` (creating it), loadability markers last."""
-    destination.mkdir(parents=True, exist_ok=True)
-    files = sorted(p for p in staging.rglob("*") if p.is_file())
-    files.sort(key=lambda p: p.name in _LOADABLE_MARKERS and p.parent == staging)
-    for src in files:
-        dst = destination / src.relative_to(staging)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src, dst)
-    shutil.rmtree(staging, ignore_errors=True)
-
-
-def staging_dir(destination: Path) -> Path:
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".staging-{destination.name}-"))
+# Never uploaded: the run's checkpoints and logs, temporary files, and the folder's ownership marker.
+EXPORT_IGNORE = ["checkpoint-*", "runs/*", "*.tmp", ".staging-*", RUN_MARKER]
 
 
 @dataclass(frozen=True, repr=False)
@@ -88,109 +61,60 @@ def finish_export(stage: Path, output_dir: Path, *, recipe_yaml: str, metrics: d
                   push: PushRequest | None = None) -> None:
     """The last steps every export shares: write the recipe, metrics and card into the staged folder, move it into
     place atomically, then push the published folder if asked. Call on the main process only."""
-    atomic_write_text(stage / "recipe.yaml", recipe_yaml)
+    from .cards import portable_recipe_yaml
+
+    atomic_write_text(stage / "recipe.yaml", portable_recipe_yaml(recipe_yaml, public=False))
     atomic_write_json(stage / "metrics.json", metrics)
     atomic_write_text(stage / "README.md", card)
-    publish_folder(stage, output_dir)
-    if push is not None:
-        url = push_folder(output_dir, push.repo_id or output_dir.name, token=push.token, private=push.private)
-        print(f"hf-transfer: pushed to {url}")
+    publish_folder(stage, output_dir, keep_lock=True)  # held through the upload: no other run swaps the folder
+    try:
+        if push is not None:
+            url = push_folder(output_dir, push.repo_id or output_dir.name, token=push.token, private=push.private)
+            logger.info("hf-transfer: pushed to %s", url)
+    finally:
+        release_lock(output_dir, fully=True)
 
 
-def model_card(
-    *,
-    base_model: str,
-    methods: list[str],
-    metrics: dict[str, Any],
-    recipe_yaml: str,
-    datasets: dict[str, str | None],
-    peft_type: str | None,
-    hub_model_id: str | None = None,
-    pipeline_tag: str = "text-classification",
-) -> str:
-    """A Hub model card (YAML front matter + markdown) with the metrics, datasets and the full recipe.
+def save_trainer_results(trainer, metrics: dict[str, Any], folder: Path) -> None:
+    """Write ``trainer_state.json`` (``Trainer.save_state``: the ``log_history`` loss curve included) and
+    ``all_results.json`` (``Trainer.save_metrics("all", ...)``) into ``folder``, as the transformers example scripts
+    leave them beside the model, so the curve survives ``save_strategy: no``. Local checkpoint paths in the state
+    are reduced to the checkpoint's folder name."""
+    import dataclasses
 
-    ``pipeline_tag`` is ``"text-classification"`` or ``"image-classification"``; it sets the card's tag, its wording
-    and the loading snippet."""
-    import yaml
-
-    hub_datasets = [v for v in datasets.values() if v and not _is_local(v)]
-    meta: dict[str, Any] = {
-        "library_name": "peft" if peft_type else "transformers",
-        "base_model": base_model,
-        "pipeline_tag": pipeline_tag,
-        "tags": ["hf-transfer", "transfer-learning", *methods] + ([peft_type.lower()] if peft_type else []),
-    }
-    if hub_datasets:
-        meta["datasets"] = hub_datasets
-    adapter = f" ({peft_type} adapter)" if peft_type else ""
-    method_names = " + ".join(methods)
-    title = hub_model_id or f"{base_model.split('/')[-1]} transferred with hf-transfer"
-    rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in sorted(metrics.items()))
-    data_rows = "\n".join(f"| {k} | {v if v else '—'} |" for k, v in datasets.items())
-    load = (
-        "from peft import AutoPeftModelForSequenceClassification\n"
-        "model = AutoPeftModelForSequenceClassification.from_pretrained(MODEL)"
-        if peft_type and pipeline_tag == "text-classification"
-        else "from peft import AutoPeftModel\nmodel = AutoPeftModel.from_pretrained(MODEL)"
-        if peft_type
-        else f'from transformers import pipeline\nclassifier = pipeline("{pipeline_tag}", model=MODEL)'
-    )
-    kind = "An image" if pipeline_tag == "image-classification" else "A text"
-    return f"""---
-{yaml.safe_dump(meta, sort_keys=False).strip()}
----
-
-# {title}
-
-{kind} classifier transferred from [`{base_model}`](https://huggingface.co/{base_model}) with
-[hf-transfer](https://pypi.org/project/hf-transfer-learning/) {__version__}, method: **{method_names}**{adapter}.
-It is an ordinary {"PEFT adapter on a " if peft_type else ""}transformers model: hf-transfer is not needed to use it.
-
-```python
-{load.replace("MODEL", repr(hub_model_id or "path/to/this/folder"))}
-```
-
-## Data
-
-| role | dataset |
-|---|---|
-{data_rows}
-
-Target-domain labels, when present, were used for evaluation only, never for training.
-
-## Results
-
-| metric | value |
-|---|---|
-{rows}
-
-## Recipe
-
-Rerun with `hf-transfer train recipe.yaml` (the same file sits beside the model):
-
-```yaml
-{recipe_yaml.strip()}
-```
-"""
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
-def _is_local(spec: str) -> bool:
-    return os.path.exists(os.path.expanduser(spec)) or spec.startswith((".", "/", "~"))
+    state = dataclasses.asdict(trainer.state)
+    if state.get("best_model_checkpoint"):
+        state["best_model_checkpoint"] = Path(state["best_model_checkpoint"]).name
+    atomic_write_text(folder / "trainer_state.json", json.dumps(state, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(folder / "all_results.json", json.dumps(metrics, indent=4, sort_keys=True, default=float))
 
 
 def push_folder(folder: str | os.PathLike, repo_id: str, *, token: str | None = None, private: bool | None = None,
                 commit_message: str = "Upload with hf-transfer") -> str:
-    """Create ``repo_id`` if needed and upload the exported model folder (checkpoints excluded). Returns the URL."""
+    """Create ``repo_id`` if needed and upload the exported model folder (checkpoints excluded). Returns the URL.
+
+    The folder is checked first (it exists and holds a model or adapter) and the Hub next (online, token accepted),
+    so a bad call creates no empty repository. Every failure is a :class:`~hf_transfer.errors.UserError` starting
+    with ``push:``."""
     from huggingface_hub import create_repo, upload_folder
 
-    create_repo(repo_id, token=token, private=private, exist_ok=True)
-    info = upload_folder(
-        repo_id=repo_id, folder_path=str(folder), token=token, commit_message=commit_message,
-        ignore_patterns=EXPORT_IGNORE,
-    )
+    from .errors import UserError
+    from .outputs import check_hub_reachable
+
+    path = Path(folder)
+    if not path.is_dir():
+        raise UserError(f"push: {str(folder)!r} is not a folder; give the output_dir of a trained model")
+    if not any((path / name).is_file() for name in ("config.json", "adapter_config.json")):
+        raise UserError(f"push: {str(folder)!r} holds no model (no config.json or adapter_config.json); give the "
+                        "output_dir of a trained model")
+    check_hub_reachable(token, field_name="push")
+    try:
+        create_repo(repo_id, token=token, private=private, exist_ok=True)
+        info = upload_folder(
+            repo_id=repo_id, folder_path=str(path), token=token, commit_message=commit_message,
+            ignore_patterns=EXPORT_IGNORE,
+        )
+    except Exception as err:  # HTTP errors, a bad repo id, lost network: one line, never a traceback
+        why = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(f"push: uploading to {repo_id!r} failed ({why})") from None
     return str(getattr(info, "commit_url", info))

@@ -547,6 +547,8 @@ def check_launch(
 
     if mixed_precision is not None and mixed_precision not in PrecisionType.list():
         raise unknown_choice("mixed_precision", mixed_precision, PrecisionType.list())
+    if num_processes is not None and num_processes < 1:
+        raise RecipeError(f"num_processes: must be >= 1 (one process per device), got {num_processes}")
     machine = machine or Machine.this_machine()
     config = load_launch_config(config_file)
     parser = launch_command_parser()
@@ -559,6 +561,9 @@ def check_launch(
         raise LaunchConfigError([*problems, _launch_error(str(err))]) from None
     dtype = config.distributed_type.value
     n, machines, precision = int(args.num_processes), int(args.num_machines or 1), str(args.mixed_precision)
+    if n < 1 or machines < 1:  # accelerate itself only refuses -1 ("unset"); 0 or -3 would launch nothing
+        name, value = ("num_processes", n) if n < 1 else ("num_machines", machines)
+        raise LaunchConfigError([*problems, f"{name}: must be >= 1 in {str(config_file)!r}, got {value}; set it"])
     plugin = None
     if dtype == "FSDP":
         plugin = _fsdp_plugin(env, config, precision, problems)

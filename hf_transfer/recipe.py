@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-from .errors import RecipeError, nearest, unknown_choice
+from .errors import RecipeError, nearest, unknown_choice, unknown_field_fix
 from .methods import MethodConfig, available_methods, get_method_spec
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -87,6 +87,12 @@ class ModelArguments:
     merge_adapter: bool = field(
         default=False,
         metadata={"help": "With PEFT: also write the adapter merged into the base model, as a plain model."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Replace whatever output_dir holds (another export, other files) with this run's export. "
+                  "Without it such an output_dir is refused; rerunning the same recipe into its own folder, or "
+                  "resuming, needs no overwrite."},
     )
     feature_module: str | None = field(
         default=None,
@@ -186,6 +192,15 @@ class DataArguments:
     max_source_samples: int | None = field(default=None, metadata={"help": "Use at most this many source rows."})
     max_target_samples: int | None = field(default=None, metadata={"help": "Use at most this many target rows."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on at most this many rows."})
+    metrics: list[str] = field(
+        default_factory=lambda: ["accuracy", "macro_f1"],
+        metadata={
+            "help": "Metrics of every evaluation (reported as <set>_<name>, e.g. target_macro_f1) and of "
+            "`hf-transfer evaluate`: accuracy; macro_, micro_, weighted_ or binary_ + f1, precision or recall (f1, "
+            "precision and recall alone mean macro); seqeval (entities, for tagging); shipped as local `evaluate` "
+            "modules, so they work offline. Any other name is an `evaluate` Hub metric (needs the Hub)."
+        },
+    )
     streaming: bool = field(
         default=False,
         metadata={
@@ -215,6 +230,19 @@ class DataArguments:
     def __post_init__(self):
         if self.max_length <= 0:
             raise RecipeError(f"max_length: must be > 0, got {self.max_length}")
+        if self.class_names is not None:
+            repeated = sorted({name for name in self.class_names if self.class_names.count(name) > 1})
+            if repeated:
+                raise RecipeError(f"class_names: {', '.join(map(repr, repeated))} given more than once; "
+                                  "give each class one distinct name")
+        if self.image_column is None:
+            columns = {"text_column": self.text_column, "text_pair_column": self.text_pair_column,
+                       "label_column": self.label_column}
+            for i, (name, column) in enumerate(columns.items()):
+                for other, other_column in list(columns.items())[i + 1:]:
+                    if column is not None and column == other_column:
+                        raise RecipeError(f"{other}: is the same column as {name} ({column!r}); each must name "
+                                          "its own column")
         if self.image_size is not None and self.image_size < 8:
             raise RecipeError(f"image_size: must be >= 8 pixels, got {self.image_size}")
         if [a.lower() for a in self.image_augmentation] == ["none"]:
@@ -228,6 +256,9 @@ class DataArguments:
             raise RecipeError("image_size / image_augmentation: set image_column too (they apply to images only)")
         if not 0 <= self.source_eval_fraction < 1:
             raise RecipeError(f"source_eval_fraction: must be in [0, 1), got {self.source_eval_fraction}")
+        from .metrics.registry import check_metric_names
+
+        self.metrics = check_metric_names(self.metrics)
         for name in ("max_source_samples", "max_target_samples", "max_eval_samples"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -262,6 +293,14 @@ class MethodArguments:
         default=2000,
         metadata={"help": "Score the label-free validators on at most this many target rows (cost grows with it)."},
     )
+    tsne_plot: bool = field(
+        default=True,
+        metadata={"help": "With target_data (text models): write diagnostics_tsne.png beside the model, a t-SNE of "
+                          "source vs target features before and after training (a second or two on a CPU)."},
+    )
+    tsne_rows: int = field(
+        default=100, metadata={"help": "Rows per domain in the before/after t-SNE (a seeded sample)."}
+    )
 
     def __post_init__(self):
         from .selection import VALIDATORS
@@ -271,6 +310,8 @@ class MethodArguments:
         for name in self.selection_validators:
             if name not in VALIDATORS:
                 raise unknown_choice("selection_validators", name, VALIDATORS)
+        if self.tsne_rows < 2:
+            raise RecipeError(f"tsne_rows: must be >= 2, got {self.tsne_rows}")
         if self.selection_max_target_samples < 3:
             raise RecipeError(
                 f"selection_max_target_samples: must be >= 3, got {self.selection_max_target_samples}"
@@ -300,6 +341,9 @@ class Recipe:
         out: dict[str, Any] = {}
         for args in (self.model, self.data, self.methods):
             out.update(dataclasses.asdict(args))
+        for name in IN_MEMORY_FIELDS:  # an in-memory Dataset is written as its description, a plain string
+            if isinstance(out.get(name), str):
+                out[name] = str(out[name])
         if self.peft:
             out["peft"] = dict(self.peft)
         for name, config in self.method_configs.items():
@@ -329,6 +373,8 @@ def _plain(value: Any) -> Any:
 
 
 _FLAT_CLASSES = (ModelArguments, DataArguments, MethodArguments, TrainingArguments)
+#: data fields that also take a ``datasets.Dataset`` / ``DatasetDict`` from Python
+IN_MEMORY_FIELDS = ("source_data", "target_data", "eval_data")
 
 
 @cache
@@ -348,16 +394,57 @@ def _nullable_fields() -> frozenset[str]:
                      for name, annotation in cls.__annotations__.items() if "None" in str(annotation))
 
 
+class BareFlag(str):
+    """The value of a command-line flag given without one (``--bf16``): ``"true"`` to every reader, so that boolean
+    fields read it as true, but recognisable, so that a field that needs a value (``--output_dir`` at the end of the
+    line) is refused instead of being set to the text ``true``."""
+
+
+def is_secret_field(name: str) -> bool:
+    """Fields whose values are never shown in a message: ``hub_token`` and any other ``*token*`` field that holds
+    text (boolean flags such as ``include_tokens_per_second`` are not secrets)."""
+    return name in _SECRET_FIELDS or ("token" in name.lower() and not name.startswith("include_"))
+
+
+def _shown(key: str, value: Any) -> str:
+    """``repr(value)`` for a message, or a placeholder for a secret field."""
+    return "<hidden>" if is_secret_field(key.rsplit(".", 1)[-1]) else repr(value)
+
+
+def redact(message: str, secrets: Any) -> str:
+    """``message`` with every text value in ``secrets`` (values of secret fields) replaced by a placeholder."""
+    for secret in secrets:
+        for text in (secret if isinstance(secret, list) else [secret]):
+            if isinstance(text, str) and text:
+                message = message.replace(text, "<hidden>")
+    return message
+
+
+def _accepts_mapping(parser: HfArgumentParser, key: str) -> bool:
+    """Whether a field's declared type admits a mapping (``lr_scheduler_kwargs``, ``fsdp_config`` ...). Read from
+    the class annotations: HfArgumentParser rewrites ``field.type`` of such fields to ``str``."""
+    for cls in parser.dataclass_types:
+        for klass in cls.__mro__:
+            annotation = getattr(klass, "__annotations__", {}).get(key)
+            if annotation is not None:
+                return "dict" in str(annotation)
+    return False
+
+
 def _coerce(parser: HfArgumentParser, key: str, value: Any, where: str) -> Any:
     """Convert a YAML or command-line value with the converter argparse would use for that field."""
     action = parser._option_string_actions.get(f"--{key}")
     if action is None:  # pragma: no cover - callers check names first
         raise RecipeError(f"{where}{key}: unknown field")
+    convert = action.type or str
+    if isinstance(value, BareFlag) and getattr(convert, "__name__", "") != "string_to_bool":
+        raise RecipeError(f"{where}{key}: needs a value (--{key} VALUE); only true/false fields can be given alone")
     if value is None or (value == "null" and (action.default is None or key in _nullable_fields())):
         return None  # `--source_config null` on the command line, as `null` in YAML: unset an optional field
     if isinstance(value, dict):
-        return value  # dict-valued fields (lr_scheduler_kwargs, fsdp_config ...) pass through
-    convert = action.type or str
+        if _accepts_mapping(parser, key):
+            return value  # dict-valued fields (lr_scheduler_kwargs, fsdp_config ...) pass through
+        raise RecipeError(f"{where}{key}: expected a single value, got a mapping; write `{key}: VALUE`")
     if convert is dict and isinstance(value, str):  # a mapping given on the command line, as YAML/JSON text
         try:
             parsed = yaml.safe_load(value)
@@ -371,7 +458,7 @@ def _coerce(parser: HfArgumentParser, key: str, value: Any, where: str) -> Any:
     if is_list and len(values) == 1 and isinstance(values[0], str) and "," in values[0]:
         values = [v.strip() for v in values[0].split(",") if v.strip()]
     if not is_list and isinstance(value, list):
-        raise RecipeError(f"{where}{key}: expected a single value, got a list {value!r}")
+        raise RecipeError(f"{where}{key}: expected a single value, got a list {_shown(key, value)}")
     converted = []
     for v in values:
         text = ("true" if v else "false") if isinstance(v, bool) else str(v)
@@ -380,7 +467,7 @@ def _coerce(parser: HfArgumentParser, key: str, value: Any, where: str) -> Any:
         except (ValueError, TypeError, argparse.ArgumentTypeError):
             type_name = getattr(convert, "__name__", "value")
             type_name = {"string_to_bool": "true/false"}.get(type_name, type_name)
-            raise RecipeError(f"{where}{key}: expected {type_name}, got {v!r}") from None
+            raise RecipeError(f"{where}{key}: expected {type_name}, got {_shown(key, v)}") from None
         if action.choices is not None and item not in action.choices:
             raise unknown_choice(f"{where}{key}", text, [str(c) for c in action.choices])
         converted.append(item)
@@ -390,36 +477,61 @@ def _coerce(parser: HfArgumentParser, key: str, value: Any, where: str) -> Any:
 def parse_cli_overrides(tokens: list[str]) -> dict[str, Any]:
     """``["--learning_rate", "3e-5", "--method", "dann", "entropy", "--bf16"]`` -> a dict of strings.
 
-    A flag with no value means ``true``; several values make a list. ``--key=value`` also works.
+    A flag with no value means ``true`` (a :class:`BareFlag`, which fields that need a value refuse); several
+    values make a list. ``--key=value`` also works.
     """
     overrides: dict[str, Any] = {}
     key: str | None = None
+    last = ""  # the last field named, so that a stray value after a secret field is not echoed
     for token in tokens:
         if token.startswith("--"):
             name, eq, value = token[2:].partition("=")
             if not name:
                 raise RecipeError(f"command line: stray {token!r}")
-            key = name.replace("-", "_") if "." not in name else name
+            key = last = name.replace("-", "_") if "." not in name else name
             overrides[key] = value if eq else None
             if eq:
                 key = None
         elif key is None:
-            raise RecipeError(f"command line: value {token!r} has no --field before it")
+            raise RecipeError(f"command line: value {_shown(last, token)} has no --field before it")
         elif overrides[key] is None:
             overrides[key] = token
         elif isinstance(overrides[key], list):
             overrides[key].append(token)
         else:
             overrides[key] = [overrides[key], token]
-    return {k: ("true" if v is None else v) for k, v in overrides.items()}
+    return {k: (BareFlag("true") if v is None else v) for k, v in overrides.items()}
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, str) and key in seen:
+                raise RecipeError(f"{key}: given twice in the recipe (lines {seen[key]} and {line}); keep one")
+            if isinstance(key, str):
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 def _load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise RecipeError(f"recipe {str(path)!r}: is a folder; pass the path of a .yaml recipe file")
     if not path.is_file():
         raise RecipeError(f"recipe {str(path)!r}: file not found; pass the path of a .yaml recipe")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise RecipeError(f"recipe {str(path)!r}: line {line} is not UTF-8 (byte {err.object[err.start]:#04x}); "
+                          "save the recipe as UTF-8") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -476,6 +588,11 @@ def load_recipe(
         raw = dict(recipe)
     else:
         raw = _load_yaml(recipe)
+    for key in [*raw, *overrides]:
+        if not isinstance(key, str):  # `1: 2` or `null: x` in YAML
+            shown = "null" if key is None else repr(key)
+            raise RecipeError(f"{shown}: not a field name; recipe keys are field names such as learning_rate (quote "
+                              "a key that YAML reads as a number or null)")
     for key, module, loader in (("meta_method", "meta", "load_meta_recipe"),
                                 ("lifelong_method", "lifelong", "load_lifelong_recipe")):
         if key in raw or key in overrides:
@@ -502,14 +619,21 @@ def load_recipe(
     block_names = {"peft", *method_names}
     for key in raw:
         if key not in flat_names and key not in block_names:
-            hint = nearest(key, sorted(flat_names | block_names))
-            fix = f"did you mean {hint!r}?" if hint else "see `hf-transfer train --help` for the fields"
+            fix = unknown_field_fix(key, sorted(flat_names | block_names),
+                                    fallback="see `hf-transfer train --help` for the fields")
             raise RecipeError(f"{key}: unknown recipe field; {fix}")
 
     parser = _parser(*_FLAT_CLASSES)
     flat: dict[str, Any] = {}
     for key, value in raw.items():
-        if key in flat_names:
+        if key in IN_MEMORY_FIELDS and value is not None and not isinstance(value, (str, os.PathLike)):
+            # A datasets.Dataset / DatasetDict from Python (hf_transfer.train(source_data=ds)): kept as the table;
+            # any other object is refused with the types that work.
+            from .data import in_memory_data
+
+            split = raw.get(key.replace("_data", "_split"), "train")
+            flat[key] = in_memory_data(value, field=key, split=split)
+        elif key in flat_names:
             flat[key] = _coerce(parser, key, value, where="")
     if isinstance(flat.get("method"), str):
         flat["method"] = [flat["method"]]
@@ -528,7 +652,12 @@ def load_recipe(
     except RecipeError:
         raise
     except (ValueError, TypeError) as err:
-        raise RecipeError(f"training arguments: {err}") from None
+        secrets = [value for name, value in flat.items() if is_secret_field(name)]
+        raise RecipeError(redact(f"training arguments: {err}", secrets)) from None
+    check_training_values(training_args)
+    if data_args.class_names and model_args.num_labels and len(data_args.class_names) != model_args.num_labels:
+        raise RecipeError(f"class_names: {len(data_args.class_names)} names for num_labels={model_args.num_labels}; "
+                          "give one name per class, or drop num_labels")
 
     if data_args.streaming and training_args.max_steps <= 0:
         # A stream has no length: the Trainer cannot count epochs, and the learning-rate schedule needs an end.
@@ -562,12 +691,96 @@ def load_recipe(
         from .backbones import validate_peft_block
 
         peft_block = validate_peft_block(peft_block, image=bool(data_args.image_column))
+        check_peft_values(peft_block)
     from .launch_check import check_launched_engine
 
     # Under an FSDP / DeepSpeed launch: refuse what cannot run.
     check_launched_engine(method_configs=method_configs,
                           merge_adapter=peft_block is not None and model_args.merge_adapter)
     return Recipe(model_args, data_args, method_args, training_args, method_configs, peft_block, training_fields)
+
+
+def _matches(value: Any, annotation: Any) -> bool:
+    """Whether ``value`` (as YAML gives it) fits a dataclass field annotation: int, float, bool, str, list[...],
+    dict, Literal, unions of these. Anything else (enums, classes) is not checked here."""
+    import enum
+    import typing
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is Any:
+        return True
+    if annotation is type(None):
+        return value is None
+    if origin is typing.Union or type(annotation).__name__ == "UnionType":
+        return any(_matches(value, a) for a in args)
+    if origin is typing.Literal:
+        # A literal with a placeholder (PEFT's 'pissa_niter_[number of iters]') admits any text.
+        return value in args or (isinstance(value, str) and any("[" in str(a) for a in args))
+    if origin in (list, tuple, set) or annotation in (list, tuple, set):
+        return isinstance(value, list) and (not args or all(_matches(v, args[0]) for v in value))
+    if origin is dict or annotation is dict:
+        return isinstance(value, dict)
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return isinstance(value, (str, annotation))
+    return True
+
+
+def check_peft_values(block: dict[str, Any]) -> None:
+    """Refuse ``peft:`` values of the wrong type (``r: abc``) or range (``r: 0``, a dropout outside [0, 1)), which
+    the PEFT config classes accept and the model fails on only when it is wrapped or trained."""
+    import typing
+
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    try:
+        hints = typing.get_type_hints(PEFT_TYPE_TO_CONFIG_MAPPING[block["peft_type"]])
+    except Exception:  # noqa: BLE001 - unresolvable annotations: leave the types to PEFT
+        hints = {}
+    for key, value in block.items():
+        if key not in ("peft_type", "task_type") and key in hints and not _matches(value, hints[key]):
+            expected = str(hints[key]).replace("typing.", "").replace("<class '", "").replace("'>", "")
+            raise RecipeError(f"peft.{key}: expected {expected}, got {value!r}")
+        is_rank = key == "r" or key.endswith("_r")
+        if is_rank and isinstance(value, int) and value < 1:
+            raise RecipeError(f"peft.{key}: must be >= 1 (the adapter's rank, e.g. 8), got {value}")
+        if key.endswith("dropout") and isinstance(value, (int, float)) and not 0 <= value < 1:
+            raise RecipeError(f"peft.{key}: must be in [0, 1), got {value}")
+
+
+def check_training_values(args: TrainingArguments) -> None:
+    """Refuse ``TrainingArguments`` values that would fail only once training runs (a negative or NaN learning
+    rate, a batch of 0 rows, seed -1) or that would train nothing (``max_steps`` unset and ``num_train_epochs`` 0).
+    Machine-dependent checks (fp16 without a GPU, ``report_to`` integrations) are in :mod:`hf_transfer.preflight`."""
+    import math
+
+    lr = args.learning_rate
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
+        raise RecipeError(f"learning_rate: must be a finite number >= 0 such as 2e-5, got {lr}")
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        value = getattr(args, name)
+        if value < 1:
+            raise RecipeError(f"{name}: must be >= 1, got {value}")
+    for name in ("seed", "data_seed"):
+        value = getattr(args, name)
+        if value is not None and not 0 <= value < 2**32:
+            raise RecipeError(f"{name}: must be in 0..2**32-1 (a random-number seed), got {value}")
+    if not math.isfinite(args.num_train_epochs) or args.num_train_epochs < 0:
+        raise RecipeError(f"num_train_epochs: must be a finite number >= 0, got {args.num_train_epochs}")
+    if args.max_steps <= 0 and args.num_train_epochs <= 0:
+        raise RecipeError(
+            f"max_steps: with max_steps {args.max_steps} and num_train_epochs {args.num_train_epochs} nothing would "
+            "train; set max_steps > 0 or num_train_epochs > 0"
+        )
+    if not math.isfinite(args.weight_decay) or args.weight_decay < 0:
+        raise RecipeError(f"weight_decay: must be a finite number >= 0, got {args.weight_decay}")
 
 
 def _launched_without_gpu() -> bool:

@@ -7,12 +7,14 @@ The same functions serve the CLI (``hf-transfer train``), ``accelerate launch -m
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import PreTrainedModel, set_seed
 
@@ -26,24 +28,37 @@ from .backbones import (
     set_trainable_top_layers,
     wrap_with_peft,
 )
+from .cards import recipe_card
 from .checkpoints import resolve_resume_checkpoint
 from .data import (
     StreamingTrainSet,
     TransferCollator,
-    accuracy_metrics,
     load_raw_data,
     pair_with_target,
     prepare_data,
+    progress_bars,
 )
 from .diagnostics.training_plot import finish_before_after_plot, start_before_after_plot
 from .distributed import full_state_dict, parameters_sharded
-from .errors import DataError, UserError
-from .hub import PushRequest, finish_export, model_card, staging_dir, take_push_request
+from .errors import DataError, RecipeError, UserError
+from .hub import (
+    PushRequest,
+    atomic_write_text,
+    discard_stage,
+    finish_export,
+    save_trainer_results,
+    staging_dir,
+    take_push_request,
+)
 from .methods import get_method_spec
+from .metrics import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, build_compute_metrics, with_intervals
 from .multitask.recipe import MultiTaskRecipe
+from .outputs import check_output_location
 from .recipe import Recipe, load_recipe
 from .selection import build_selection, selection_summary
 from .trainer import METHODS_SUBMODULE, GradualUnfreezing, TransferTrainer
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -103,6 +118,10 @@ def train(
         recipe = load_recipe(recipe, overrides)
     elif overrides:
         raise UserError("overrides: pass them with a recipe path or mapping, not with a parsed Recipe")
+    from .preflight import check_before_training
+
+    check_before_training(recipe)  # machine and model-config checks, before anything is read, written or loaded
+    check_output_location(recipe)  # output_dir usable and not another run's, push possible; takes the folder's lock
     if isinstance(recipe, MultiTaskRecipe):  # a recipe with a `tasks:` list (docs/multitask.md)
         from .multitask.run import train_multitask
 
@@ -131,12 +150,14 @@ def train(
         # no row is duplicated or dropped.
         args.accelerator_config.dispatch_batches = False
         if args.train_sampling_strategy == "group_by_length" and args.process_index == 0:
-            print("hf-transfer: train_sampling_strategy group_by_length does not apply with streaming: true (no "
-                  "lengths are known before the rows are read); rows come in shuffled stream order, each batch "
-                  "padded to its own longest row")
+            logger.info("hf-transfer: train_sampling_strategy group_by_length does not apply with streaming: true (no "
+                        "lengths are known before the rows are read); rows come in shuffled stream order, each batch "
+                        "padded to its own longest row")
     set_seed(args.seed)
 
-    raw = load_raw_data(recipe.data, num_labels=recipe.model.num_labels, seed=args.seed)
+    with progress_bars(not args.disable_tqdm):
+        raw = load_raw_data(recipe.data, num_labels=recipe.model.num_labels, seed=args.seed)
+    compute_metrics = build_compute_metrics(recipe.data.metrics)  # loaded now: a bad metric fails before the model
     image = bool(recipe.data.image_column)  # image classification (docs/vision.md): same flow, other processor
     hub_kwargs = dict(revision=recipe.model.revision, trust_remote_code=recipe.model.trust_remote_code)
     if image:
@@ -146,7 +167,7 @@ def train(
         tokenizer = load_tokenizer(recipe.model.model_name_or_path, **hub_kwargs)
     if recipe.needs_target and raw.target is None:
         raise DataError("target_data: the chosen method learns from unlabelled target data; set target_data")
-    with args.main_process_first(desc="tokenizing"):
+    with args.main_process_first(desc="tokenizing"), progress_bars(not args.disable_tqdm):
         data = prepare_data(raw, tokenizer, recipe.data, seed=args.seed)
 
     config_overrides = {}
@@ -178,15 +199,18 @@ def train(
     else:
         collator = TransferCollator(tokenizer)
     metrics: dict[str, Any] = {}
-    # `methods`: the built loss modules, so a hook can hand them what only it knows (e.g. class names -> a graph).
+    # `methods`: the built loss modules, so a hook can hand them what only it knows (e.g. class names -> a graph);
+    # `feature_module`: whose input is StepBatch.features. A hook may replace `collator` (mlm adds masked rows).
     context = {"data": data, "model": model, "tokenizer": tokenizer, "collator": collator, "args": args,
-               "metrics": metrics, "methods": methods}
+               "metrics": metrics, "methods": methods, "feature_module": feature_module}
     for name in recipe.methods.method:
         prepare = get_method_spec(name).prepare
         if prepare is not None:
             context = prepare(recipe.method_configs[name], context)
+    collator = context["collator"]
     # Source vs target t-SNE before and after training, on a bounded sample (main process; docs/diagnostics.md).
-    tsne = None if image else start_before_after_plot(args, model, data, collator)
+    tsne = None if image else start_before_after_plot(args, model, data, collator, enabled=recipe.methods.tsne_plot,
+                                                      rows=recipe.methods.tsne_rows)
     if streaming:  # endless, seeded, lazily paired rows (docs/streaming.md)
         d = recipe.data
         data.train = StreamingTrainSet(data.train, data.target if recipe.needs_target else None,
@@ -211,7 +235,7 @@ def train(
         eval_dataset=eval_sets or None,
         processing_class=tokenizer,
         data_collator=collator,
-        compute_metrics=accuracy_metrics,
+        compute_metrics=compute_metrics,
         callbacks=callbacks,
         methods=methods,
         feature_module=feature_module,
@@ -220,8 +244,8 @@ def train(
     )
     if trainer.is_world_process_zero():
         rows = "streamed training rows" if streaming else f"{len(data.train):,} training rows"
-        print(f"hf-transfer: {recipe.model.model_name_or_path}, method {'+'.join(recipe.methods.method)}, "
-              f"{trainable:,} of {total:,} parameters trainable, {rows}")
+        logger.info(f"hf-transfer: {recipe.model.model_name_or_path}, method {'+'.join(recipe.methods.method)}, "
+                    f"{trainable:,} of {total:,} parameters trainable, {rows}")
 
     start = time.time()
     train_output = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
@@ -233,15 +257,25 @@ def train(
     })
     for name, dataset in eval_sets.items():
         result = trainer.evaluate(eval_dataset=dataset, metric_key_prefix=name)
-        metrics[f"{name}_accuracy"] = result[f"{name}_accuracy"]
-        metrics[f"{name}_macro_f1"] = result[f"{name}_macro_f1"]
-        metrics[f"{name}_loss"] = result[f"{name}_loss"]
+        metrics.update(evaluation_metrics(result, name))
     if selection is not None:  # which evaluation each label-free validator picks (and its target accuracy)
         metrics.update(selection_summary(trainer.state.log_history, selection.validators))
     output_dir = Path(args.output_dir)
-    finish_before_after_plot(tsne, trainer, output_dir)  # before export, so a push includes the picture
     export(trainer, recipe, metrics, output_dir, recipe_yaml=recipe_yaml, push=push_requested)
+    # Optional pictures only once the model is safely published: a failure there warns and loses nothing.
+    finish_before_after_plot(tsne, trainer, output_dir)
     return TrainResult(metrics, trainer.model, tokenizer, trainer, recipe, output_dir)
+
+
+# What Trainer.evaluate adds beside the metrics and the loss: speed figures, not results.
+_SPEED_KEYS = ("runtime", "samples_per_second", "steps_per_second", "model_preparation_time")
+
+
+def evaluation_metrics(result: dict[str, float], prefix: str) -> dict[str, float]:
+    """The recipe's metrics and the loss from ``Trainer.evaluate(..., metric_key_prefix=prefix)``
+    (``target_accuracy``, ``target_macro_f1``, ``target_loss`` ...), without its speed figures."""
+    return {k: v for k, v in result.items()
+            if k.startswith(f"{prefix}_") and k[len(prefix) + 1:] not in _SPEED_KEYS}
 
 
 def export(
@@ -267,55 +301,99 @@ def export(
     if trainer.is_world_process_zero():
         model = accelerator.unwrap_model(trainer.model)
         stage = staging_dir(output_dir)
-        model.save_pretrained(stage, state_dict=state_dict)
-        trainer.processing_class.save_pretrained(stage)
-        if peft_type and recipe.model.merge_adapter:
-            merged = copy.deepcopy(model).merge_and_unload()
-            merged.save_pretrained(stage / "merged")
-            trainer.processing_class.save_pretrained(stage / "merged")
-        d = recipe.data
-        card = model_card(
-            base_model=recipe.model.model_name_or_path,
-            methods=recipe.methods.method,
-            metrics=metrics,
-            recipe_yaml=recipe_yaml,
-            datasets={"source (labelled)": d.source_data, "target (unlabelled)": d.target_data,
-                      "evaluation": d.eval_data or (d.target_data if "target_accuracy" in metrics else None)},
-            peft_type=peft_type,
-            hub_model_id=args.hub_model_id,
-            pipeline_tag="image-classification" if recipe.data.image_column else "text-classification",
-        )
+        try:
+            if peft_type:
+                # No Hub lookup of the base config at save time (PEFT checks for a resized vocabulary; never here).
+                model.save_pretrained(stage, state_dict=state_dict, save_embedding_layers=False)
+                save_classifier_config(model, stage)
+            else:
+                model.save_pretrained(stage, state_dict=state_dict)
+            trainer.processing_class.save_pretrained(stage)
+            if peft_type and recipe.model.merge_adapter:
+                merged = copy.deepcopy(model).merge_and_unload()
+                merged.save_pretrained(stage / "merged")
+                trainer.processing_class.save_pretrained(stage / "merged")
+            save_trainer_results(trainer, metrics, stage)
+            inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+            card = recipe_card(recipe, metrics, recipe_yaml, hub_model_id=args.hub_model_id,
+                               id2label=inner.config.id2label)
+        except BaseException:
+            discard_stage(stage)  # no .staging-* folder outlives a failed export
+            raise
         finish_export(stage, output_dir, recipe_yaml=recipe_yaml, metrics=metrics, card=card, push=push)
     accelerator.wait_for_everyone()
 
 
+#: Beside an adapter: the config of the classifier it was trained as (labels, and any size a recipe changed), which
+#: the base model's own config lacks. Loaders pass its labels to ``from_pretrained`` (see :func:`load_trained`).
+CLASSIFIER_CONFIG = "classifier_config.json"
+
+
+def save_classifier_config(model, folder: Path) -> None:
+    """Write the trained classifier's config (the base config with this run's ``num_labels``, ``id2label``,
+    ``label2id``) as :data:`CLASSIFIER_CONFIG`. Not ``config.json``: transformers would then take the adapter folder
+    for a full model and look for base weights in it."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    atomic_write_text(folder / CLASSIFIER_CONFIG, inner.config.to_json_string())
+
+
 def load_trained(model_dir: str | os.PathLike):
-    """Load a folder written by :func:`train`: a plain model, or a PEFT adapter on its base model. Returns
-    ``(model, tokenizer)``, the image processor in place of the tokenizer for an image classifier."""
+    """Load a folder written by :func:`train`: a plain model, or a PEFT adapter (text or image) on its base model.
+    Returns ``(model, tokenizer)``, the image processor in place of the tokenizer for an image classifier."""
+    from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
+
     path = Path(model_dir)
-    if (path / "preprocessor_config.json").is_file() and (path / "config.json").is_file():
-        from transformers import AutoModelForImageClassification
-
-        return AutoModelForImageClassification.from_pretrained(str(path)).eval(), load_image_processor(str(path))
-    if (path / "preprocessor_config.json").is_file():
-        raise UserError(
-            f"model: {str(path)!r} is an image-classification adapter; evaluate its merged/ folder (train with "
-            "merge_adapter: true) or load it with peft.PeftModel on the base model"
-        )
+    image = (path / "preprocessor_config.json").is_file()
+    auto_class = AutoModelForImageClassification if image else AutoModelForSequenceClassification
     if (path / "adapter_config.json").is_file():
-        from peft import AutoPeftModelForSequenceClassification
-
-        model = AutoPeftModelForSequenceClassification.from_pretrained(str(path))
+        model = _load_adapter(path, auto_class)
     elif (path / "config.json").is_file():
-        from transformers import AutoModelForSequenceClassification
-
-        model = AutoModelForSequenceClassification.from_pretrained(str(path))
+        model = auto_class.from_pretrained(str(path))
     else:
         raise UserError(
             f"model: {str(path)!r} has neither config.json nor adapter_config.json; is it a trained model?"
         )
-    tokenizer = load_tokenizer(str(path))
-    return model.eval(), tokenizer
+    processor = load_image_processor(str(path)) if image else load_tokenizer(str(path))
+    return model.eval(), processor
+
+
+def _load_adapter(path: Path, auto_class):
+    """The base model (its packaged copy offline) built as the classifier the adapter was trained on, from
+    :data:`CLASSIFIER_CONFIG` (labels, sizes), then the adapter on it. Without that file (older exports) the base
+    config is used as it is."""
+    import json
+
+    from peft import PeftConfig, PeftModel
+    from transformers import AutoConfig
+
+    from .backbones import _load_error, resolve_model_path
+
+    base_id = PeftConfig.from_pretrained(str(path)).base_model_name_or_path
+    base_path = resolve_model_path(base_id)
+    try:
+        if (path / CLASSIFIER_CONFIG).is_file():
+            values = json.loads((path / CLASSIFIER_CONFIG).read_text(encoding="utf-8"))
+            config = AutoConfig.for_model(values.pop("model_type"), **values)
+        else:
+            config = AutoConfig.from_pretrained(base_path)
+        # The new head is not in the base checkpoint (or has the base's class count); the adapter brings it.
+        base = auto_class.from_pretrained(base_path, config=config, ignore_mismatched_sizes=True)
+    except (OSError, ValueError) as err:
+        raise _load_error(base_id, err) from None
+    return PeftModel.from_pretrained(base, str(path))
+
+
+def _evaluation_device(device: str | torch.device | None) -> torch.device:
+    """``device`` checked before anything loads; ``None``: the GPU when there is one, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise RecipeError(f"device: unknown device {str(device)!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RecipeError(f"device: {str(device)!r} asked for, but torch sees no CUDA GPU here; use cpu")
+    return device
 
 
 @torch.no_grad()
@@ -323,46 +401,95 @@ def evaluate(
     model_dir: str | os.PathLike,
     data: str,
     *,
-    text_column: str = "text",
-    label_column: str = "label",
+    text_column: str | None = None,
+    label_column: str | None = None,
     split: str = "train",
     batch_size: int = 32,
-    max_length: int = 256,
+    max_length: int | None = None,
     image_column: str | None = None,
     config: str | None = None,
+    text_pair_column: str | None = None,
+    metrics: list[str] | None = None,
+    bootstrap_resamples: int = DEFAULT_RESAMPLES,
+    confidence_level: float = DEFAULT_CONFIDENCE,
+    seed: int = 0,
+    disable_tqdm: bool = False,
+    device: str | torch.device | None = None,
 ) -> dict[str, float]:
-    """Accuracy and macro-F1 of a trained model folder on a labelled dataset (file, folder or Hub id). For an image
-    classifier set ``image_column`` (and ``config``, e.g. the key prefix of a ``.npz``)."""
-    from transformers import EvalPrediction
+    """The recipe's metrics of a trained model folder on a labelled dataset (file, folder or Hub id), each with a
+    percentile bootstrap interval: ``accuracy``, ``accuracy_ci_low``, ``accuracy_ci_high``, ``macro_f1`` ...,
+    ``num_examples``, and the settings used (``max_length``, ``bootstrap_resamples``, ``confidence_level``).
+
+    Columns, ``max_length`` and ``metrics`` default to the ``recipe.yaml`` saved beside the model, then to
+    ``text`` / ``label`` / 256 (capped at the model's positions) / accuracy and macro F1. For an image classifier
+    set ``image_column`` (and ``config``, e.g. the key prefix of a ``.npz``). Runs on the GPU when there is one
+    (``device`` overrides). ``bootstrap_resamples=0`` leaves the intervals out.
+
+    Raises:
+        hf_transfer.errors.UserError: a bad option, a damaged model folder or data that does not fit, before the
+            model's weights load where the problem can be seen without them.
+    """
+    from tqdm.auto import tqdm
 
     from .data import LabelSpace, encode_labels, load_table, require_column
+    from .evaluation import read_model_folder, resolve_settings
 
-    model, tokenizer = load_trained(model_dir)
+    if batch_size < 1:
+        raise RecipeError(f"batch_size: must be >= 1, got {batch_size}")
+    if bootstrap_resamples < 0:
+        raise RecipeError(f"bootstrap_resamples: must be >= 0 (0: no intervals), got {bootstrap_resamples}")
+    if not 0 < confidence_level < 1:
+        raise RecipeError(f"confidence_level: must be in (0, 1), e.g. 0.95, got {confidence_level}")
+    device = _evaluation_device(device)
+    files = read_model_folder(model_dir)
+    s = resolve_settings(model_dir, files, text_column=text_column, text_pair_column=text_pair_column,
+                         label_column=label_column, image_column=image_column, max_length=max_length, metrics=metrics)
+    suite = build_compute_metrics(s.metrics)
     table = load_table(data, field="data", split=split, config=config)
-    input_column = image_column or text_column
-    require_column(table, input_column, field="data", spec=data, option="image_column" if image_column else
-                   "text_column")
-    require_column(table, label_column, field="data", spec=data, option="label_column")
+    inputs = [(s.image_column, "image_column")] if s.image_column else [(s.text_column, "text_column")]
+    if s.text_pair_column and not s.image_column:
+        inputs.append((s.text_pair_column, "text_pair_column"))
+    for column, option in [*inputs, (s.label_column, "label_column")]:
+        require_column(table, column, field="data", spec=data, option=option)
+
+    model, processor = load_trained(model_dir)
+    model.to(device)
     id2label = {int(k): v for k, v in model.config.id2label.items()}
+    suite.id2label = id2label  # entity metrics read a token classifier's tags by name
     names = [id2label[i] for i in range(len(id2label))]
-    values = table[label_column]
-    space = LabelSpace(names, from_strings=any(isinstance(v, str) for v in values))
-    table = encode_labels(table, label_column, space, field="data", spec=data)
-    labels = table["labels"]
-    logits = []
-    if image_column:
+    space = LabelSpace(names, from_strings=any(isinstance(v, str) for v in table[s.label_column]))
+    table = encode_labels(table, s.label_column, space, field="data", spec=data)
+    labels = np.asarray(table["labels"])
+    if s.image_column:
         from .vision.data import ImageCollator, select_image_column
 
-        images, collate = select_image_column(table, image_column, keep=()), ImageCollator(tokenizer)
-        for start in range(0, len(images), batch_size):
-            rows = [images[i] for i in range(start, min(start + batch_size, len(images)))]
-            logits.append(model(**collate(rows)).logits.float())
-        texts = images
+        images, collate = select_image_column(table, s.image_column, keep=()), ImageCollator(processor)
+
+        def batch_inputs(start: int, stop: int) -> dict[str, Any]:
+            return collate([images[i] for i in range(start, stop)])
     else:
-        texts = table[text_column]
-        for start in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[start:start + batch_size], truncation=True, max_length=max_length, padding=True,
-                            return_tensors="pt")
-            logits.append(model(**enc).logits.float())
-    metrics = accuracy_metrics(EvalPrediction(predictions=torch.cat(logits).numpy(), label_ids=labels))
-    return {**metrics, "num_examples": len(texts)}
+        texts = table[s.text_column]
+        pairs = table[s.text_pair_column] if s.text_pair_column else None
+
+        def batch_inputs(start: int, stop: int) -> dict[str, Any]:
+            return dict(processor(texts[start:stop], pairs[start:stop] if pairs is not None else None,
+                                  truncation=True, max_length=s.max_length, padding=True, return_tensors="pt"))
+
+    logits = []
+    # disable=None: a bar on a terminal, none when stderr is a file or a pipe
+    with tqdm(total=len(labels), desc="evaluating", unit="row", disable=True if disable_tqdm else None) as bar:
+        for start in range(0, len(labels), batch_size):
+            stop = min(start + batch_size, len(labels))
+            batch = {k: v.to(device) for k, v in batch_inputs(start, stop).items() if isinstance(v, torch.Tensor)}
+            logits.append(model(**batch).logits.float().cpu())
+            bar.update(stop - start)
+    predictions = torch.cat(logits).numpy()
+    values = suite.compute(predictions, labels)
+    intervals = suite.intervals(predictions, labels, num_resamples=bootstrap_resamples, confidence=confidence_level,
+                                seed=seed) if bootstrap_resamples else {}
+    out: dict[str, Any] = {**with_intervals(values, intervals), "num_examples": len(labels)}
+    if s.max_length is not None:
+        out["max_length"] = s.max_length
+    if intervals:
+        out.update(bootstrap_resamples=bootstrap_resamples, confidence_level=confidence_level)
+    return out

@@ -6,6 +6,9 @@ What it adds to the Trainer, and nothing else:
   ``sample_weight`` (instance weighting); target rows (``domain == 1``) carry no label into any loss;
 * each registered method in the recipe adds ``trade_off * loss`` computed from the logits and the features the
   classifier head sees (captured by a forward hook, so any architecture works);
+* a method may read batch keys the model never sees (its ``batch_keys``, handed over in ``StepBatch.extras``) and
+  rows its collator appended after the batch's own (mlm's masked copies): the model runs on every row, the losses
+  here and the ``StepBatch`` cover the first ``len(labels)``;
 * method parameters (e.g. a domain discriminator) are optimised with the model, wrapped for DDP when several
   processes run (under FSDP and DeepSpeed, sharded as a submodule of the model), saved in every checkpoint and
   restored on resume, and never exported;
@@ -215,6 +218,8 @@ class TransferTrainer(Trainer):
         self._method_runner: nn.Module = self.method_stack
         self.layerwise_lr_decay = layerwise_lr_decay
         self._tap = FeatureTap(feature_module) if methods else None
+        # Batch keys the methods read themselves (StepBatch.extras); the model's forward must not receive them.
+        self._method_batch_keys = sorted({key for m in self.method_stack.methods.values() for key in m.batch_keys})
         self._log_sums: dict[str, float] = defaultdict(float)
         self._log_counts: dict[str, int] = defaultdict(int)
         self.extra_eval_metrics = extra_eval_metrics
@@ -272,10 +277,14 @@ class TransferTrainer(Trainer):
         labels = inputs.pop("labels", None)
         domain = inputs.pop("domain", None)
         weights = inputs.pop("sample_weight", None)
+        extras = {key: inputs.pop(key) for key in self._method_batch_keys if key in inputs}
         outputs = model(**inputs)
-        logits = outputs.logits
         if labels is None:
             raise ValueError("TransferTrainer.compute_loss needs `labels` in the batch")
+        # A method's collator may append rows after the batch's own (mlm's masked copies): the model ran on them, but
+        # only that method reads their outputs (through its own hook); the losses here cover the first len(labels).
+        rows = labels.shape[0]
+        logits = outputs.logits[:rows]
         if domain is None:
             domain = torch.zeros_like(labels)
         # Target rows and unlabelled rows weigh 0 in the task loss. Weighting rather than selecting the source rows
@@ -293,11 +302,13 @@ class TransferTrainer(Trainer):
         if model.training and self._tap is not None:
             batch = StepBatch(
                 logits=logits,
-                features=self._tap.pop(),
+                features=self._tap.pop()[:rows],
                 labels=labels,
                 domain=domain,
                 sample_weight=weights,
                 progress=self._progress(),
+                inputs={k: v[:rows] for k, v in inputs.items() if torch.is_tensor(v) and v.dim() > 0},
+                extras=extras,
             )
             if global_batch:
                 batch = gather_step_batch(batch)

@@ -17,6 +17,8 @@ What each case proves:
 * instance_weighting + dann + mmd, in one run: the weights are estimated once and shared, and the weight-normalised
   loss is normalised by the global weight total; the discriminator sees the global batch; MMD is estimated over the
   global batch (8 vs 8 rows), not as the mean of two 4-vs-4 estimates (see hf_transfer.distributed);
+* l2sp + bss + lwf, in one run: the weight penalty, the global batch's spectrum and the frozen copy's features;
+  mlm + dann: the MLM loss is the mean over every process's masked tokens (with deterministic masks);
 * multitask: every process draws the same task for a step and its share of the step's rows;
 * meta: one process with 2 episodes a step trains on the episodes two processes with 1 episode each share;
 * FSDP2, DeepSpeed ZeRO-2 and ZeRO-3 (the shipped configs on 2 gloo processes, through tests/engines_on_cpu.py):
@@ -168,6 +170,34 @@ def test_instance_weighting_dann_and_mmd(no_dropout_model_dir, review_files, tmp
     assert_same_metrics(one, two, ["train_loss", "target_accuracy", "target_loss"])
     assert_same_weights(one, two)
     # the discriminator too
+    assert_same_weights(one / f"checkpoint-{STEPS}", two / f"checkpoint-{STEPS}", "transfer_methods.safetensors")
+
+
+def test_regularised_finetuning_l2sp_bss_and_lwf(no_dropout_model_dir, review_files, tmp_path):
+    # The penalty on the weights (each process adds the same gradient), the spectrum of the global batch, and the
+    # frozen copy's features gathered to line up with the global batch.
+    recipe = transfer_recipe(no_dropout_model_dir, review_files, tmp_path, method=["l2sp", "bss", "lwf"],
+                             bss={"rows": "all", "trade_off": 0.01}, lwf={"trade_off": 10.0})
+    one, two = pair(recipe, tmp_path)
+    history = assert_same_history(one, two)
+    assert all(h["l2sp/loss"] > 0 and h["bss/loss"] > 0 for h in history[1:])  # every term is in play
+    assert all(h["lwf/loss"] > 0 for h in history[1:])
+    assert_same_metrics(one, two, ["train_loss", "target_accuracy", "target_loss"])
+    assert_same_weights(one, two)
+
+
+def test_mlm_with_dann(no_dropout_model_dir, review_files, tmp_path):
+    # Every token masked as [MASK]: the masks no longer depend on each process's random draws, so the runs compare
+    # exactly; the MLM loss must be the mean over all processes' masked tokens (not the mean of per-process means).
+    recipe = transfer_recipe(no_dropout_model_dir, review_files, tmp_path, method=["mlm", "dann"],
+                             mlm={"mlm_probability": 1.0, "mask_replace_prob": 1.0, "random_replace_prob": 0.0},
+                             dann={"dropout": 0.0, "hidden_size": 16})
+    one, two = pair(recipe, tmp_path)
+    history = assert_same_history(one, two)
+    assert all(h["mlm/loss"] > 1 for h in history)
+    assert_same_metrics(one, two, ["train_loss", "target_accuracy", "target_loss"])
+    assert_same_weights(one, two)
+    # the MLM head and the discriminator too
     assert_same_weights(one / f"checkpoint-{STEPS}", two / f"checkpoint-{STEPS}", "transfer_methods.safetensors")
 
 

@@ -142,7 +142,8 @@ def test_no_selection_without_periodic_evaluation_or_target(tiny_recipe):
     result = hf_transfer.train(tiny_recipe)  # eval_strategy "no"
     assert result.trainer.extra_eval_metrics is None
     assert not any(k.startswith("selection/") for k in result.metrics)
-    result = hf_transfer.train(tiny_recipe, eval_strategy="steps", eval_steps=2, target_data=None)
+    result = hf_transfer.train(tiny_recipe, eval_strategy="steps", eval_steps=2, target_data=None,
+                               overwrite_output_dir=True)  # another recipe into the same folder
     assert result.trainer.extra_eval_metrics is None
     assert not any(k.startswith("eval_snd") for entry in result.trainer.state.log_history for k in entry)
 

@@ -207,8 +207,10 @@ def test_resume_refuses_a_half_written_checkpoint(tmp_path):
     for step, complete in ((2, True), (4, True), (6, False)):
         folder = tmp_path / f"checkpoint-{step}"
         folder.mkdir()
-        if complete:
-            (folder / "trainer_state.json").write_text("{}")
+        if complete:  # every file the Trainer reads back (a bare trainer_state.json no longer counts as complete)
+            from tests.test_output_safety import write_checkpoint
+
+            write_checkpoint(folder)
     assert resolve_resume_checkpoint("latest", tmp_path) == str(tmp_path / "checkpoint-4")
     assert resolve_resume_checkpoint(None, tmp_path) is None
     with pytest.raises(RecipeError, match=r"checkpoint-6' is incomplete.*resume from '.*checkpoint-4'"):

@@ -1,10 +1,11 @@
 """The before/after picture every training run with a target writes: t-SNE of source vs target features from the
 pretrained backbone (before) and from the trained one (after), as ``diagnostics_tsne.png`` beside the model.
 
-Cheap by construction: a seeded sample of at most ``HF_TRANSFER_TSNE_ROWS`` rows per domain (default 100; the
+Cheap by construction: a seeded sample of at most ``tsne_rows`` rows per domain (a recipe field, default 100; the
 first rows of a streamed domain), one frozen forward pass over them before training and one after, two short t-SNEs
 (500 iterations) of a few hundred points, on the main process only: a second or two on a CPU.
-``HF_TRANSFER_TSNE_PLOT=0`` turns it off.
+The recipe field ``tsne_plot: false`` turns it off (recorded in ``recipe.yaml``); the older environment switch
+``HF_TRANSFER_TSNE_PLOT=0`` is still honoured as an off switch (deprecated; the test suite uses it).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from pathlib import Path
 from ..distributed import parameters_sharded
 
 PLOT_NAME = "diagnostics_tsne.png"
-ENABLE_ENV = "HF_TRANSFER_TSNE_PLOT"
-ROWS_ENV = "HF_TRANSFER_TSNE_ROWS"
+ENABLE_ENV = "HF_TRANSFER_TSNE_PLOT"  # deprecated off switch; the recipe field `tsne_plot` is the setting
+DEFAULT_ROWS = 100
 
 
 def _sample(dataset, rows: int, seed: int):
@@ -37,14 +38,15 @@ class BeforeAfterPlot:
     """Embed bounded source and target samples now (the "before"); :meth:`write` embeds them again with the
     trained model and writes the two-panel t-SNE."""
 
-    def __init__(self, model, source, target, collator, *, seed: int = 0, rows: int | None = None,
-                 batch_size: int = 64):
+    def __init__(self, model, source, target, collator, *, seed: int = 0, rows: int = DEFAULT_ROWS,
+                 batch_size: int = 64, disable_progress: bool = False):
         from ..methods.instance_weighting import embed
 
-        rows = rows or int(os.environ.get(ROWS_ENV, "100"))
         self.source, self.target = _sample(source, rows, seed), _sample(target, rows, seed)
         self.collator, self.seed, self.batch_size = collator, seed, batch_size
-        common = dict(collator=collator, kind="mean", batch_size=batch_size, device=_device(model))
+        self.disable_progress = disable_progress
+        common = dict(collator=collator, kind="mean", batch_size=batch_size, device=_device(model),
+                      disable_progress=disable_progress)
         self.before = (embed(model, self.source, desc="t-SNE source (before)", **common),
                        embed(model, self.target, desc="t-SNE target (before)", **common))
 
@@ -52,24 +54,29 @@ class BeforeAfterPlot:
         from ..methods.instance_weighting import embed
         from .plots import tsne_plot
 
-        common = dict(collator=self.collator, kind="mean", batch_size=self.batch_size, device=_device(model))
+        common = dict(collator=self.collator, kind="mean", batch_size=self.batch_size, device=_device(model),
+                      disable_progress=self.disable_progress)
         after = (embed(model, self.source, desc="t-SNE source (after)", **common),
                  embed(model, self.target, desc="t-SNE target (after)", **common))
         return tsne_plot({"before training": self.before, "after training": after}, Path(output_dir) / PLOT_NAME,
                          seed=self.seed, max_iter=500)
 
 
-def start_before_after_plot(trainer_args, model, data, collator) -> BeforeAfterPlot | None:
+def start_before_after_plot(trainer_args, model, data, collator, *, enabled: bool = True,
+                            rows: int = DEFAULT_ROWS) -> BeforeAfterPlot | None:
     """The ``run.train`` hook before training: a :class:`BeforeAfterPlot` on the main process when the run has
-    target data and the plot is not switched off, else ``None``. Never fails the run (a warning instead)."""
-    if data.target is None or os.environ.get(ENABLE_ENV, "1") in ("0", "false", "False", "no"):
+    target data and the plot is on (the recipe's ``tsne_plot``, ``tsne_rows``), else ``None``. Never fails the run
+    (a warning instead)."""
+    switched_off = os.environ.get(ENABLE_ENV, "1") in ("0", "false", "False", "no")
+    if not enabled or switched_off or data.target is None:
         return None
     if importlib.util.find_spec("matplotlib") is None:  # an optional dependency (the `plots` extra)
         return None
     if trainer_args.process_index != 0:
         return None
     try:
-        return BeforeAfterPlot(model, data.train, data.target, collator, seed=trainer_args.seed)
+        return BeforeAfterPlot(model, data.train, data.target, collator, seed=trainer_args.seed, rows=rows,
+                               disable_progress=trainer_args.disable_tqdm)
     except Exception as err:  # a diagnostic picture must not cost a training run
         warnings.warn(f"hf-transfer: skipped the before/after t-SNE ({err})", stacklevel=2)
         return None

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..methods.l2sp import l2sp_penalty
+
 
 def trainable(model: nn.Module) -> dict[str, nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -114,11 +116,7 @@ class L2SP:
         self.anchor = {n: p.detach().clone() for n, p in trainable(model).items() if n not in self.head}
 
     def penalty(self, model: nn.Module) -> torch.Tensor:
-        sp, decay = [], []
-        for name, p in trainable(model).items():
-            if name in self.anchor:
-                sp.append(((p - self.anchor[name]) ** 2).sum())
-            elif name in self.head:
-                decay.append((p**2).sum())
-        zero = torch.zeros((), device=next(model.parameters()).device)
-        return 0.5 * self.alpha * (sum(sp) if sp else zero) + 0.5 * self.beta * (sum(decay) if decay else zero)
+        # The penalty of the registered ``l2sp`` method, anchored here at the weights this object was built from.
+        parameters = trainable(model).items()
+        penalty, _, _ = l2sp_penalty(parameters, self.anchor, self.head, alpha=self.alpha, beta=self.beta)
+        return penalty

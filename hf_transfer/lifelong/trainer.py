@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ from datasets import Dataset, concatenate_datasets
 from transformers import Trainer, set_seed
 
 from ..backbones import head_parameter_names, load_classifier, load_tokenizer
+from ..cards import portable_recipe_yaml
 from ..data import MODEL_INPUT_KEYS
 from ..errors import DataError, RecipeError
 from ..hub import atomic_write_json, atomic_write_text, publish_folder, staging_dir, take_push_request
@@ -47,6 +49,8 @@ from .metrics import plot_accuracy_matrix, summarize
 from .recipe import LifelongRecipe
 from .regularizers import EWC, L2SP
 from .replay import ReplayBuffer
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -224,8 +228,8 @@ def train_lifelong(recipe: LifelongRecipe | str | dict | None = None, **override
             model.set_adapter(task.name)
         if trainer.is_world_process_zero():
             seen = summarize(matrix[: i + 1])
-            print(f"hf-transfer: lifelong {method} after {task.name} ({i + 1}/{len(tasks)}): average accuracy "
-                  f"{seen['average_accuracy']:.4f}, forgetting {seen['forgetting']:.4f}")
+            logger.info(f"hf-transfer: lifelong {method} after {task.name} ({i + 1}/{len(tasks)}): average accuracy "
+                        f"{seen['average_accuracy']:.4f}, forgetting {seen['forgetting']:.4f}")
     summary = summarize(matrix)
     metrics: dict[str, Any] = {"lifelong_method": method, "train_runtime": time.time() - start,
                                "steps_per_task": ll.steps_per_task, **summary}
@@ -241,7 +245,7 @@ def train_lifelong(recipe: LifelongRecipe | str | dict | None = None, **override
                                                       for row in matrix]})
         plot_accuracy_matrix(matrix, names, stage / "accuracy_matrix.png", title=method)
         atomic_write_json(stage / "metrics.json", metrics)
-        atomic_write_text(stage / "recipe.yaml", recipe_yaml)
+        atomic_write_text(stage / "recipe.yaml", portable_recipe_yaml(recipe_yaml, public=False))
         atomic_write_text(stage / "README.md", lifelong_card(recipe, metrics, names, recipe_yaml))
         publish_folder(stage, output_dir)
     trainer.accelerator.wait_for_everyone()
@@ -265,35 +269,58 @@ def _add_adapter(model, name: str, block: dict[str, Any]):
 
 
 def lifelong_card(recipe: LifelongRecipe, metrics: dict[str, Any], names: list[str], recipe_yaml: str) -> str:
+    """The card of the final model of a task sequence: each task's accuracy after the last one in ``model-index``,
+    the average accuracy and forgetting after every step, how to load the classifier or the per-task adapters."""
+    from .. import __version__
+    from ..cards import PROJECT_URL, CardContent, EvalSet, build_card, display_path, hub_base_model, hub_link, where
+
     base = recipe.model.model_name_or_path
     method = recipe.lifelong.lifelong_method
+    hub_model_id = recipe.training.hub_model_id
     steps = metrics["average_accuracy_per_step"], metrics["forgetting_per_step"]
     rows = "\n".join(f"| {i + 1} | {n} | {a:.4f} | {f:.4f} |" for i, (n, a, f) in enumerate(zip(names, *steps)))
-    use = ("a set of PEFT adapters, one per task (with its own head) in `<task>/`: "
-           "`AutoPeftModelForSequenceClassification.from_pretrained(\"folder/<task>\")`" if method == "adapter" else
-           "a plain classifier: `pipeline(\"text-classification\", model=folder)`")
-    return f"""---
-library_name: {"peft" if method == "adapter" else "transformers"}
-base_model: {base}
-pipeline_tag: text-classification
-tags: [hf-transfer, lifelong-learning, continual-learning, lifelong-{method}]
----
+    evaluations = []
+    for task in recipe.tasks:
+        queries = "eval_data" if task.eval_data else f"{task.eval_fraction:.0%} of the rows, held out"
+        evaluations.append(EvalSet(
+            task.name, task.eval_data or task.data, {"final_accuracy": metrics[f"{task.name}/final_accuracy"]},
+            split=task.eval_split if task.eval_data else task.split,
+            config=task.eval_config if task.eval_data else task.config,
+            note=f"{queries}, after the last task"))
+    first = names[0]
+    if method == "adapter":
+        usage = f"""A set of PEFT adapters, one per task (each with its own head), in `<task>/`:
 
-# {base.split('/')[-1]} learned on {len(names)} tasks in sequence ({method})
+```python
+from peft import AutoPeftModelForSequenceClassification
+model = AutoPeftModelForSequenceClassification.from_pretrained({where(hub_model_id, first)!s}"""
+        usage += (f", subfolder=\"{first}\")\n```" if hub_model_id else ")\n```")
+    else:
+        usage = f"""A plain classifier:
 
-Trained with hf-transfer on {", ".join(names)}, in that order, {recipe.lifelong.steps_per_task} steps each. It is
-{use}.
-
-| step | task learned | average accuracy so far | forgetting |
+```python
+from transformers import pipeline
+classifier = pipeline("text-classification", model={where(hub_model_id)})
+```"""
+    name = (hub_base_model(base) or display_path(base) or base).split("/")[-1]
+    return build_card(CardContent(
+        base_model=base,
+        title=hub_model_id or f"{name} learned on {len(names)} tasks in sequence ({method})",
+        intro=(f"Trained from {hub_link(base)} with [hf-transfer]({PROJECT_URL}) {__version__} on "
+               f"{', '.join(names)}, in that order, {recipe.lifelong.steps_per_task} steps each."),
+        usage=usage,
+        pipeline_tag="text-classification",
+        library_name="peft" if method == "adapter" else "transformers",
+        tags=["hf-transfer", "lifelong-learning", "continual-learning", f"lifelong-{method}"],
+        data=[(f"task {i + 1}: {t.name}", t.data) for i, t in enumerate(recipe.tasks)],
+        evaluations=evaluations,
+        metrics=metrics,
+        recipe_yaml=recipe_yaml,
+        hub_model_id=hub_model_id,
+        sections=[("Accuracy after each task", f"""| step | task learned | average accuracy so far | forgetting |
 |---|---|---|---|
 {rows}
 
 Final average accuracy {metrics['average_accuracy']:.4f}, forgetting {metrics['forgetting']:.4f}, backward transfer
-{metrics['backward_transfer']:.4f}. The accuracy matrix is in `accuracy_matrix.json` / `accuracy_matrix.png`.
-
-## Recipe
-
-```yaml
-{recipe_yaml.strip()}
-```
-"""
+{metrics['backward_transfer']:.4f}. The accuracy matrix is in `accuracy_matrix.json` / `accuracy_matrix.png`.""")],
+    ))

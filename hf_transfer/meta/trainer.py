@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import time
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 
 from ..backbones import load_tokenizer, resolve_model_path
+from ..cards import portable_recipe_yaml
 from ..errors import RecipeError, UserError
 from ..hub import atomic_write_json, atomic_write_text, publish_folder, staging_dir, take_push_request
 from .evaluation import RowPool, evaluate_few_shot
@@ -36,6 +38,8 @@ from .hypernet import HyperHead
 from .learner import ADAPT_METHODS, DEFAULT_ADAPT, EpisodicLearner, LearnerConfig
 from .protonet import Embedder
 from .recipe import MetaRecipe, resolve_recipe
+
+logger = logging.getLogger(__name__)
 
 META_CONFIG = "meta_config.json"
 HYPERNET_WEIGHTS = "hypernet.safetensors"
@@ -184,7 +188,7 @@ def train_meta(recipe: MetaRecipe | str | os.PathLike | dict | None = None, **ov
         if args.logging_steps and (step + 1) % int(args.logging_steps) == 0 and accelerator.is_main_process:
             entry = {"step": step + 1, "loss": float(np.mean(losses[-int(args.logging_steps):]))}
             log.append(entry)
-            print(f"hf-transfer: meta step {entry['step']}/{steps} loss {entry['loss']:.4f}")
+            logger.info(f"hf-transfer: meta step {entry['step']}/{steps} loss {entry['loss']:.4f}")
     if world > 1:
         # Every process must end with the same weights (same start, same averaged meta-gradients); a mismatch would
         # mean a process skipped an all-reduce, so fail loudly instead of saving one process's model.
@@ -248,43 +252,67 @@ def save_meta(learner: EpisodicLearner, tokenizer, recipe: MetaRecipe, metrics: 
         save_file(state, str(stage / HYPERNET_WEIGHTS))
     atomic_write_json(stage / "metrics.json", metrics)
     atomic_write_json(stage / "log_history.json", log)
-    atomic_write_text(stage / "recipe.yaml", recipe_yaml)
+    atomic_write_text(stage / "recipe.yaml", portable_recipe_yaml(recipe_yaml, public=False))
     atomic_write_text(stage / "README.md", meta_card(recipe, metrics, recipe_yaml))
     publish_folder(stage, output_dir)
 
 
 def meta_card(recipe: MetaRecipe, metrics: dict[str, Any], recipe_yaml: str) -> str:
+    """The card of a meta-trained encoder: its few-shot results per evaluated task (K-shot accuracy with the 95%
+    interval half width over episodes) in ``model-index``, how to embed with it and adapt it."""
+    from .. import __version__
+    from ..cards import PROJECT_URL, CardContent, EvalSet, build_card, display_path, hub_base_model, hub_link, where
+
     base = recipe.model.model_name_or_path
-    rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items())
-    return f"""---
-library_name: transformers
-base_model: {base}
-pipeline_tag: feature-extraction
-tags: [hf-transfer, meta-learning, few-shot, meta-{recipe.meta.meta_method}]
----
+    meta = recipe.meta
+    evaluated = recipe.test_tasks or recipe.tasks
+    evaluations = []
+    for task in evaluated:
+        scores = {f"{k}shot_accuracy": metrics[f"{task.name}/{k}shot_accuracy"] for k in meta.eval_shots
+                  if f"{task.name}/{k}shot_accuracy" in metrics}
+        notes = {f"{k}shot_accuracy": f"± {metrics[f'{task.name}/{k}shot_ci95']:.4f} at 95%, {meta.eval_episodes} "
+                 "episodes" for k in meta.eval_shots if f"{task.name}/{k}shot_ci95" in metrics}
+        queries = "eval_data" if task.eval_data else f"{task.eval_fraction:.0%} of the rows, held out"
+        evaluations.append(EvalSet(
+            task.name, task.eval_data or task.data, scores, split=task.eval_split if task.eval_data else task.split,
+            config=task.eval_config if task.eval_data else task.config,
+            note=f"few-shot episodes, queries from {queries}", metric_notes=notes))
+    data = [(f"{t.name} (meta-training)", t.data) for t in recipe.tasks]
+    data += [(f"{t.name} (held-out test task)", t.data) for t in recipe.test_tasks]
+    name = (hub_base_model(base) or display_path(base) or base).split("/")[-1]
+    hub_model_id = recipe.training.hub_model_id
+    intro = (
+        f"A {hub_link(base)} encoder meta-trained with **{meta.meta_method}** on episodes of {len(recipe.tasks)} "
+        f"task{'s' if len(recipe.tasks) > 1 else ''} with [hf-transfer]({PROJECT_URL}) {__version__}. It is a "
+        f"plain `AutoModel`: embed texts by {meta.pooling} pooling of the last hidden states."
+    )
+    usage = f"""```python
+from transformers import AutoModel, AutoTokenizer
+model = AutoModel.from_pretrained({where(hub_model_id)})
+tokenizer = AutoTokenizer.from_pretrained({where(hub_model_id)})
+```
 
-# {base.split('/')[-1]} meta-trained for few-shot classification ({recipe.meta.meta_method})
-
-A [`{base}`](https://huggingface.co/{base}) encoder meta-trained with **{recipe.meta.meta_method}** on episodes of
-{len(recipe.tasks)} tasks. It is a plain `AutoModel`: embed texts by {recipe.meta.pooling} pooling of the last hidden
-states. With hf-transfer, adapt it to a new task from K labelled rows per class:
+With hf-transfer, adapt it to a new task from K labelled rows per class:
 
 ```bash
 hf-transfer evaluate path/to/this/folder --data new_task.jsonl --shots 8
-```
-
-## Few-shot results (mean accuracy and 95% interval half width over episodes)
-
-| metric | value |
-|---|---|
-{rows}
-
-## Recipe
-
-```yaml
-{recipe_yaml.strip()}
-```
-"""
+```"""
+    return build_card(CardContent(
+        base_model=base,
+        title=hub_model_id or f"{name} meta-trained for few-shot classification ({meta.meta_method})",
+        intro=intro,
+        usage=usage,
+        pipeline_tag="feature-extraction",
+        library_name="transformers",
+        tags=["hf-transfer", "meta-learning", "few-shot", f"meta-{meta.meta_method}"],
+        data=data,
+        evaluations=evaluations,
+        metrics=metrics,
+        recipe_yaml=recipe_yaml,
+        hub_model_id=hub_model_id,
+        data_note="Few-shot results: mean accuracy over episodes and the 95% interval half width (`_ci95`); "
+                  "support rows come from a task's training rows, queries from its evaluation rows.",
+    ))
 
 
 def few_shot_evaluate(model: str, data: str, *, shots: int, episodes: int = 20, n_query: int = 16,

@@ -38,6 +38,13 @@ class StepBatch:
         domain: ``(B,)`` 0 for source rows, 1 for target rows.
         sample_weight: ``(B,)`` per-row weights for the source rows (1 where none were given), or ``None``.
         progress: fraction of training done, in ``[0, 1]`` (drives schedules such as DANN's lambda).
+        inputs: the model inputs (``input_ids``, ``attention_mask`` ...) of *this process's* rows, before any
+            gathering: what a method needs to run another model on the same rows (LwF's frozen reference).
+        extras: the batch keys the recipe's methods declared in :attr:`TransferMethod.batch_keys`, taken out of the
+            collated batch before the model's forward (the model never sees them); this process's only.
+
+    Under several processes ``logits``, ``features``, ``labels``, ``domain`` and ``sample_weight`` are the global
+    batch (:func:`hf_transfer.distributed.gather_step_batch`); ``inputs`` and ``extras`` stay per process.
     """
 
     logits: torch.Tensor
@@ -46,6 +53,8 @@ class StepBatch:
     domain: torch.Tensor
     sample_weight: torch.Tensor | None = None
     progress: float = 0.0
+    inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def source_mask(self) -> torch.Tensor:
@@ -73,10 +82,24 @@ class TransferMethod(nn.Module):
 
     Subclasses set ``config_class``, say whether they need unlabelled target rows (``needs_target``) and implement
     :meth:`forward`. Constructors are keyword-only: ``(config, *, feature_dim, num_labels)``.
+
+    A method that needs more than the step's logits and features gets it without the trainer knowing the method:
+
+    * the model, a frozen copy of its pretrained weights, the collator: from its registered ``prepare`` hook, which
+      runs once after the model loads and before training (and before a resumed run loads its checkpoint, so a
+      copy taken there is the pretrained model again) with ``context["methods"]`` holding the built methods;
+      :mod:`hf_transfer.methods._pretrained` has the helpers (a frozen copy kept out of the module tree, so it is
+      never saved, optimised or exported);
+    * extra inputs of a batch: the hook may wrap ``context["collator"]`` to add keys, which the method names in
+      ``batch_keys`` and reads from ``StepBatch.extras``. Such a collator may also append rows after the batch's own
+      (mlm's masked copies of the target rows): the model runs on all rows, the task loss and every method's
+      ``StepBatch`` cover the first ``len(labels)`` rows only.
     """
 
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
     needs_target: ClassVar[bool] = False
+    #: keys of the collated batch this method reads (from ``StepBatch.extras``); the model never receives them.
+    batch_keys: ClassVar[tuple[str, ...]] = ()
     #: name under which the method is registered; set by ``register_method``.
     name: ClassVar[str] = ""
 

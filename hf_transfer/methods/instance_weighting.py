@@ -119,14 +119,16 @@ def _feature_pass(model, *, kind: str, tokens: bool):
         model.train(was_training)
 
 
-def embed(model, dataset, collator, *, kind: str, batch_size: int, device, desc: str) -> np.ndarray:
-    """Frozen features of every row of a tokenised dataset, shape ``(n, d)``, in dataset order."""
+def embed(model, dataset, collator, *, kind: str, batch_size: int, device, desc: str,
+          disable_progress: bool = False) -> np.ndarray:
+    """Frozen features of every row of a tokenised dataset, shape ``(n, d)``, in dataset order.
+    ``disable_progress`` hides the progress bar (a run's ``disable_tqdm``)."""
     from ..data import MODEL_INPUT_KEYS
 
     columns = [c for c in MODEL_INPUT_KEYS if c in dataset.column_names]
     loader = DataLoader(dataset.select_columns(columns), batch_size=batch_size, collate_fn=collator)
     with _feature_pass(model, kind=kind, tokens="input_ids" in columns) as features:
-        chunks = [features(batch, device) for batch in tqdm(loader, desc=desc, leave=False)]
+        chunks = [features(batch, device) for batch in tqdm(loader, desc=desc, leave=False, disable=disable_progress)]
     return torch.cat(chunks).numpy()
 
 
@@ -189,7 +191,8 @@ def add_instance_weights(config: InstanceWeightingConfig, context: dict[str, Any
             target = data.target
             if config.max_target_rows and len(target) > config.max_target_rows:
                 target = target.shuffle(seed=args.seed).select(range(config.max_target_rows))
-            common = dict(kind=config.features, batch_size=config.feature_batch_size, device=args.device)
+            common = dict(kind=config.features, batch_size=config.feature_batch_size, device=args.device,
+                          disable_progress=args.disable_tqdm)
             xs = embed(context["model"], data.train, context["collator"], desc="Embedding source", **common)
             xt = embed(context["model"], target, context["collator"], desc="Embedding target", **common)
             weights = _make_estimator(config).fit(xs, xt).weights_.astype(np.float32)
@@ -233,7 +236,8 @@ def add_streaming_weights(config: InstanceWeightingConfig, context: dict[str, An
     source = bounded_rows(data.train, rows, field="source_data")
     target = bounded_rows(data.target, min(rows, config.max_target_rows or rows), field="target_data")
     frozen = copy.deepcopy(context["model"]).requires_grad_(False).eval()
-    common = dict(kind=config.features, batch_size=config.feature_batch_size, device=args.device)
+    common = dict(kind=config.features, batch_size=config.feature_batch_size, device=args.device,
+                  disable_progress=args.disable_tqdm)
     xs = embed(frozen, source, context["collator"], desc="Embedding source sample", **common)
     xt = embed(frozen, target, context["collator"], desc="Embedding target sample", **common)
     weights = estimator.fit(xs, xt).weights_.astype(np.float32)

@@ -9,8 +9,10 @@ from typing import Any
 from .base import MethodConfig, TransferMethod
 
 #: ``prepare(config, context) -> context``: runs once before training, after the model is loaded. ``context`` holds
-#: ``data`` (PreparedData, source rows not yet paired with target rows), ``model``, ``tokenizer``, ``collator``,
-#: ``args`` (TrainingArguments) and ``metrics`` (a dict that ends up in metrics.json).
+#: ``data`` (PreparedData, source rows not yet paired with target rows), ``model``, ``tokenizer``, ``collator`` (a
+#: hook may replace it; training uses the one left there), ``args`` (TrainingArguments), ``metrics`` (a dict that
+#: ends up in metrics.json), ``methods`` (the built ``{name: TransferMethod}``) and ``feature_module`` (whose input
+#: is ``StepBatch.features``; ``None`` when no method has a loss).
 PrepareHook = Callable[[MethodConfig, dict[str, Any]], dict[str, Any]]
 
 

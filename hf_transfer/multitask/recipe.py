@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import RecipeError, nearest, unknown_choice
+from ..errors import RecipeError, nearest, unknown_choice, unknown_field_fix
 from ..recipe import _FLAT_CLASSES, Recipe, _coerce, _field_names, _merge_dotted, _parser, _plain
 from .modeling import PROBLEM_TYPES, SHARED_ADAPTER, SHARING_MODES, TASK_NAME_PATTERN
 from .sampling import SAMPLING_STRATEGIES
@@ -135,6 +135,10 @@ NOT_WITH_TASKS: dict[str, str] = {
     "method": "multi-task recipes train with their task losses; choose the sharing with `sharing`",
     "selection_validators": "label-free validators need target data; multi-task recipes have none",
     "selection_max_target_samples": "multi-task recipes have no target data",
+    "metrics": "recipes with task lists report their family's own metrics (accuracy and macro F1 per task, "
+               "few-shot accuracy, the lifelong accuracy matrix)",
+    "tsne_plot": "the before/after t-SNE compares source and target; multi-task recipes have no target data",
+    "tsne_rows": "the before/after t-SNE compares source and target; multi-task recipes have no target data",
     "freeze_backbone": "not supported with tasks; use sharing: soft_lora for a frozen base",
     "trainable_layers": "not supported with tasks",
     "gradual_unfreezing_steps": "not supported with tasks",
@@ -215,8 +219,8 @@ def parse_family_fields(raw: dict[str, Any], args_class: type, *, kind: str, als
     valid = {"peft", *_field_names(*_FLAT_CLASSES)}
     for key in raw:
         if key not in valid:
-            hint = nearest(key, sorted(valid | set(also_known) | set(own)))
-            fix = f"did you mean {hint!r}?" if hint else f"see {doc} for the fields"
+            fix = unknown_field_fix(key, sorted(valid | set(also_known) | set(own)),
+                                    fallback=f"see {doc} for the fields")
             raise RecipeError(f"{key}: unknown recipe field; {fix}")
     return parsed
 

@@ -4,14 +4,15 @@
 ``tasks`` list. The output folder holds:
 
 * the whole :class:`~hf_transfer.multitask.MultiTaskModel` (``config.json`` + ``model.safetensors``; after
-  ``import hf_transfer``, ``AutoModel.from_pretrained(output_dir)`` loads it), the tokenizer, ``metrics.json``
-  (``<task>/accuracy`` for every task, ``mean_accuracy``), ``recipe.yaml`` and a model card;
+  ``import hf_transfer.multitask``, ``AutoModel.from_pretrained(output_dir)`` loads it), the tokenizer,
+  ``metrics.json`` (``<task>/accuracy`` for every task, ``mean_accuracy``), ``recipe.yaml`` and a model card;
 * ``tasks/<name>/``: each task alone as a plain ``AutoModelForSequenceClassification`` (adapters merged) with its
   tokenizer, metrics and card, which ``transformers.pipeline`` loads without hf_transfer.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -22,6 +23,18 @@ import torch
 from transformers import AutoModel, set_seed
 
 from ..backbones import count_parameters, load_tokenizer
+from ..cards import (
+    PROJECT_URL,
+    CardContent,
+    EvalSet,
+    build_card,
+    display_path,
+    hub_base_model,
+    hub_link,
+    role_metrics,
+    transfer_card,
+    where,
+)
 from ..checkpoints import resolve_resume_checkpoint
 from ..data import accuracy_metrics
 from ..errors import DataError, RecipeError, UserError
@@ -30,7 +43,7 @@ from ..hub import (
     atomic_write_json,
     atomic_write_text,
     finish_export,
-    model_card,
+    save_trainer_results,
     staging_dir,
     take_push_request,
 )
@@ -38,6 +51,8 @@ from .data import MultiTaskCollator, TaskData, concatenate_tasks, load_tasks, to
 from .modeling import LORA_FIELDS, MultiTaskModel
 from .recipe import MultiTaskRecipe
 from .trainer import MultiTaskTrainer
+
+logger = logging.getLogger(__name__)
 
 TASKS_FOLDER = "tasks"
 
@@ -140,10 +155,10 @@ def train_multitask(recipe: MultiTaskRecipe, *, callbacks: list | None = None):
     )
     trainable, total = count_parameters(model)
     if trainer.is_world_process_zero():
-        print(f"hf-transfer: multi-task ({model.config.sharing} sharing, {recipe.multitask.task_sampling} sampling), "
-              f"{len(trained)} of {len(model.task_names)} tasks training: "
-              + ", ".join(f"{t.name} ({len(t.train):,} rows)" for t in trained)
-              + f"; {trainable:,} of {total:,} parameters trainable")
+        logger.info(f"hf-transfer: multi-task ({model.config.sharing} sharing, {recipe.multitask.task_sampling} "
+                    f"sampling), {len(trained)} of {len(model.task_names)} tasks training: "
+                    + ", ".join(f"{t.name} ({len(t.train):,} rows)" for t in trained)
+                    + f"; {trainable:,} of {total:,} parameters trainable")
 
     start = time.time()
     train_output = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
@@ -202,31 +217,50 @@ def export_multitask(
             tokenizer.save_pretrained(folder)
             own = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith(f"{name}/")}
             atomic_write_json(folder / "metrics.json", own)
-            spec = specs.get(name)
-            datasets = {"training": spec.data if spec else None,
-                        "evaluation": (spec.eval_data or f"{spec.eval_fraction:g} of the training data, held out")
-                        if spec else None}
-            card = model_card(base_model=base, methods=[f"multitask-{model.config.sharing}"], metrics=own,
-                              recipe_yaml=recipe_yaml, datasets=datasets, peft_type=None)
-            atomic_write_text(folder / "README.md", card)
+            atomic_write_text(folder / "README.md", task_card(model, name, specs.get(name), own, recipe_yaml,
+                                                              base=base, hub_model_id=args.hub_model_id))
+        save_trainer_results(trainer, metrics, stage)
         finish_export(stage, output_dir, recipe_yaml=recipe_yaml, metrics=metrics,
                       card=multitask_card(model, metrics, recipe_yaml, specs, hub_model_id=args.hub_model_id),
                       push=push)
     accelerator.wait_for_everyone()
 
 
+def task_evaluation(name: str, spec: Any, metrics: dict[str, Any]) -> EvalSet:
+    """The ``model-index`` result of one task: its evaluation rows (``eval_data``, or the held-out share of
+    ``data``) with the task's own metrics (names without the ``<task>/`` prefix)."""
+    if spec is None:  # a task of from_multitask_model that this run did not list: its data is not known here
+        return EvalSet(name, None, metrics)
+    if spec.eval_data:
+        return EvalSet(name, spec.eval_data, metrics, split=spec.eval_split, config=spec.eval_config,
+                       note="eval_data")
+    return EvalSet(name, spec.data, metrics, split=spec.split, config=spec.config,
+                   note=f"{spec.eval_fraction:.0%} of the rows, held out")
+
+
+def task_card(model: MultiTaskModel, name: str, spec: Any, metrics: dict[str, Any], recipe_yaml: str, *,
+              base: str, hub_model_id: str | None = None) -> str:
+    """The card of one task exported alone (``tasks/<name>/``): a plain single-task classifier (or regressor)."""
+    regression = model.task_config(name)["problem_type"] == "regression"
+    return transfer_card(
+        base_model=base, methods=[f"multitask-{model.config.sharing}"], metrics=metrics, recipe_yaml=recipe_yaml,
+        evaluations=[task_evaluation(name, spec, metrics)],
+        data=[("training", spec.data if spec else None),
+              ("evaluation", (spec.eval_data or spec.data) if spec else None)],
+        peft_type=None, hub_model_id=hub_model_id, subfolder=f"{TASKS_FOLDER}/{name}", regression=regression,
+        title=None if hub_model_id else f"{(hub_base_model(base) or display_path(base)).split('/')[-1]} multi-task "
+        f"model: task {name}", extra_tags=["multi-task"], data_note=None,
+    )
+
+
 def multitask_card(model: MultiTaskModel, metrics: dict[str, Any], recipe_yaml: str, specs: dict[str, Any], *,
                    hub_model_id: str | None = None) -> str:
     """The model card of the whole multi-task model: tasks, metrics, how to load it whole or one task at a time."""
-    import yaml
-
     from .. import __version__
 
     config = model.config
     base = config.base_model_name_or_path or "unknown"
-    meta = {"library_name": "transformers", "base_model": base, "pipeline_tag": "text-classification",
-            "tags": ["hf-transfer", "multi-task", f"multitask-{config.sharing}"]}
-    where = repr(hub_model_id or "path/to/this/folder")
+    where_ = where(hub_model_id)
     rows = []
     for task in config.tasks:
         name = task["name"]
@@ -234,54 +268,44 @@ def multitask_card(model: MultiTaskModel, metrics: dict[str, Any], recipe_yaml: 
         score = metrics.get(f"{name}/accuracy", metrics.get(f"{name}/mse"))
         score = f"{score:.4f}" if isinstance(score, float) else "—"
         labels = ", ".join(task["id2label"][i] for i in range(len(task["id2label"])))
-        rows.append(f"| {name} | {task['problem_type']} | {labels} | {spec.data if spec else '—'} | {score} |")
-    metric_rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
-                            for k, v in sorted(metrics.items()))
+        rows.append(f"| {name} | {task['problem_type']} | {labels} | {display_path(spec.data) if spec else '—'} "
+                    f"| {score} |")
     first = config.tasks[0]["name"]
-    return f"""---
-{yaml.safe_dump(meta, sort_keys=False).strip()}
----
-
-# {hub_model_id or f"{base.split('/')[-1]} multi-task model"}
-
-One [`{base}`](https://huggingface.co/{base}) encoder shared by {len(config.tasks)} tasks (**{config.sharing}**
-sharing), one head per task, trained with [hf-transfer](https://pypi.org/project/hf-transfer-learning/) {__version__}.
-
-| task | type | labels | training data | accuracy (MSE for regression) |
-|---|---|---|---|---|
-{chr(10).join(rows)}
-
-## Use one task (no hf-transfer needed)
+    tasks_table = ("| task | type | labels | training data | accuracy (MSE for regression) |\n"
+                   "|---|---|---|---|---|\n" + "\n".join(rows))
+    usage = f"""## Use one task (no hf-transfer needed)
 
 Each task is also a plain `AutoModelForSequenceClassification` in `tasks/<name>/`:
 
 ```python
 from transformers import pipeline
 classifier = pipeline("text-classification", model="path/to/this/folder/tasks/{first}")
-# from the Hub: AutoModelForSequenceClassification.from_pretrained({where}, subfolder="tasks/{first}")
+# from the Hub: AutoModelForSequenceClassification.from_pretrained({where_}, subfolder="tasks/{first}")
 ```
 
 ## Use the whole model
 
 ```python
-import hf_transfer  # registers the multi-task model with AutoConfig / AutoModel
+import hf_transfer.multitask  # registers the multi-task model with AutoConfig / AutoModel
 from transformers import AutoModel, AutoTokenizer
-model = AutoModel.from_pretrained({where})
-tokenizer = AutoTokenizer.from_pretrained({where})
+model = AutoModel.from_pretrained({where_})
+tokenizer = AutoTokenizer.from_pretrained({where_})
 logits = model(**tokenizer(["a review"], return_tensors="pt"), task="{first}").logits
-```
-
-## Results
-
-| metric | value |
-|---|---|
-{metric_rows}
-
-## Recipe
-
-Rerun with `hf-transfer train recipe.yaml` (the same file sits beside the model):
-
-```yaml
-{recipe_yaml.strip()}
-```
-"""
+```"""
+    content = CardContent(
+        base_model=base,
+        title=hub_model_id or f"{(hub_base_model(base) or display_path(base)).split('/')[-1]} multi-task model",
+        intro=(f"One {hub_link(base)} encoder shared by {len(config.tasks)} tasks (**{config.sharing}** sharing), one "
+               f"head per task, trained with [hf-transfer]({PROJECT_URL}) {__version__}.\n\n{tasks_table}"),
+        usage=usage,
+        pipeline_tag="text-classification",
+        library_name="transformers",
+        tags=["hf-transfer", "multi-task", f"multitask-{config.sharing}"],
+        data=[(f"{name} (training)", spec.data) for name, spec in specs.items()],
+        evaluations=[task_evaluation(t["name"], specs.get(t["name"]), role_metrics(metrics, f"{t['name']}/"))
+                     for t in config.tasks],
+        metrics=metrics,
+        recipe_yaml=recipe_yaml,
+        hub_model_id=hub_model_id,
+    )
+    return build_card(content)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -124,30 +125,39 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def decode_image(value: Any, *, where: str) -> Image.Image:
     """Any stored image (a PIL image, ``{"bytes", "path"}`` from ``datasets.Image``, raw bytes, a file path, or an
-    array) as a loaded RGB PIL image. Raises a DataError naming ``where`` (and the file, if there is one)."""
+    array) as a loaded RGB PIL image. Raises a DataError naming ``where`` (and the file, if there is one), also for
+    an image larger than PIL's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``)."""
     path = None
     try:
-        if isinstance(value, Image.Image):
-            image = value
-        elif isinstance(value, dict) and ("bytes" in value or "path" in value):
-            path = value.get("path")
-            data = value.get("bytes")
-            image = Image.open(io.BytesIO(data)) if data else Image.open(path) if path else None
-            if image is None:
-                raise DataError(f"{where}: the image is empty (no bytes and no path)")
-        elif isinstance(value, (bytes, bytearray)):
-            image = Image.open(io.BytesIO(value))
-        elif isinstance(value, (str, os.PathLike)):
-            path = str(value)
-            image = Image.open(path)
-        elif value is None:
-            raise DataError(f"{where}: the image is missing (null)")
-        else:
-            image = array_to_pil(value, where=where)
-        image.load()
-        return to_rgb(image)
+        with warnings.catch_warnings():
+            # PIL only warns between MAX_IMAGE_PIXELS and twice that (and raises above): refuse both.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if isinstance(value, Image.Image):
+                image = value
+            elif isinstance(value, dict) and ("bytes" in value or "path" in value):
+                path = value.get("path")
+                data = value.get("bytes")
+                image = Image.open(io.BytesIO(data)) if data else Image.open(path) if path else None
+                if image is None:
+                    raise DataError(f"{where}: the image is empty (no bytes and no path)")
+            elif isinstance(value, (bytes, bytearray)):
+                image = Image.open(io.BytesIO(value))
+            elif isinstance(value, (str, os.PathLike)):
+                path = str(value)
+                image = Image.open(path)
+            elif value is None:
+                raise DataError(f"{where}: the image is missing (null)")
+            else:
+                image = array_to_pil(value, where=where)
+            image.load()
+            return to_rgb(image)
     except DataError:
         raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        name = f" ({path})" if path else ""
+        cause = str(err).split(", could be")[0]
+        raise DataError(f"{where}{name}: refused as a possible decompression bomb ({cause}); shrink the image, or "
+                        "raise PIL.Image.MAX_IMAGE_PIXELS if you trust it") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         name = f" ({path})" if path else ""
         raise DataError(f"{where}{name}: cannot decode the image: {err}") from None
