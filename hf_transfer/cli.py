@@ -516,6 +516,11 @@ def main(argv: list[str] | None = None) -> int:
         for problem in getattr(err, "problems", None) or [str(err)]:  # a LaunchConfigError holds several
             print(f"error: {problem}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`hf-transfer train --help | head`): stop quietly, as other command-line tools do,
+        # with stdout pointed at /dev/null so that the interpreter's own flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

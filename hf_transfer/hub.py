@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,9 +59,10 @@ def take_push_request(training_args) -> PushRequest | None:
 
 
 def finish_export(stage: Path, output_dir: Path, *, recipe_yaml: str, metrics: dict[str, Any], card: str,
-                  push: PushRequest | None = None) -> None:
+                  push: PushRequest | None = None, after_publish: Callable[[], Any] | None = None) -> None:
     """The last steps every export shares: write the recipe, metrics and card into the staged folder, move it into
-    place atomically, then push the published folder if asked. Call on the main process only."""
+    place atomically, run ``after_publish`` (optional extras such as a picture, which must not stand between training
+    and a published model), then push the published folder if asked. Call on the main process only."""
     from .cards import portable_recipe_yaml
 
     atomic_write_text(stage / "recipe.yaml", portable_recipe_yaml(recipe_yaml, public=False))
@@ -68,6 +70,8 @@ def finish_export(stage: Path, output_dir: Path, *, recipe_yaml: str, metrics: d
     atomic_write_text(stage / "README.md", card)
     publish_folder(stage, output_dir, keep_lock=True)  # held through the upload: no other run swaps the folder
     try:
+        if after_publish is not None:
+            after_publish()
         if push is not None:
             url = push_folder(output_dir, push.repo_id or output_dir.name, token=push.token, private=push.private)
             logger.info("hf-transfer: pushed to %s", url)

@@ -10,6 +10,7 @@ import copy
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -261,9 +262,10 @@ def train(
     if selection is not None:  # which evaluation each label-free validator picks (and its target accuracy)
         metrics.update(selection_summary(trainer.state.log_history, selection.validators))
     output_dir = Path(args.output_dir)
-    export(trainer, recipe, metrics, output_dir, recipe_yaml=recipe_yaml, push=push_requested)
-    # Optional pictures only once the model is safely published: a failure there warns and loses nothing.
-    finish_before_after_plot(tsne, trainer, output_dir)
+    # The optional picture is drawn once the model is safely published (a failure there warns and loses nothing), and
+    # before the push, so that the Hub repository has it too.
+    export(trainer, recipe, metrics, output_dir, recipe_yaml=recipe_yaml, push=push_requested,
+           after_publish=lambda: finish_before_after_plot(tsne, trainer, output_dir))
     return TrainResult(metrics, trainer.model, tokenizer, trainer, recipe, output_dir)
 
 
@@ -286,9 +288,11 @@ def export(
     *,
     recipe_yaml: str,
     push: PushRequest | None = None,
+    after_publish: Callable[[], Any] | None = None,
 ) -> None:
     """Write the model (or adapter, and optionally the merged model), tokenizer, metrics, recipe and card; push if
-    the recipe asks. Every process joins the gathering of a sharded model; the main process writes, the others wait."""
+    the recipe asks. Every process joins the gathering of a sharded model; the main process writes, the others wait.
+    ``after_publish`` (main process) runs once the folder is in place and before the push: optional extras."""
     args = recipe.training
     accelerator = trainer.accelerator
     peft_type = recipe.peft["peft_type"] if recipe.peft else None
@@ -320,7 +324,8 @@ def export(
         except BaseException:
             discard_stage(stage)  # no .staging-* folder outlives a failed export
             raise
-        finish_export(stage, output_dir, recipe_yaml=recipe_yaml, metrics=metrics, card=card, push=push)
+        finish_export(stage, output_dir, recipe_yaml=recipe_yaml, metrics=metrics, card=card, push=push,
+                      after_publish=after_publish)
     accelerator.wait_for_everyone()
 
 

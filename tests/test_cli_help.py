@@ -322,3 +322,12 @@ def test_cli_keeps_stdout_for_the_result(tiny_recipe, tmp_path):
     assert "target_accuracy" in json.loads("\n".join(lines[start:-1]))
     assert lines[-1].startswith("hf-transfer: model, metrics.json")
     assert "Tokenizing" not in out.stderr  # disable_tqdm: true silences the datasets.map bars too
+
+
+def test_help_piped_into_a_reader_that_stops_early_ends_quietly():
+    """`hf-transfer train --help | head -2`: the reader closes the pipe; no BrokenPipeError traceback."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(f"{sys.executable} -m hf_transfer train --help | head -2", shell=True, capture_output=True,
+                          text=True, cwd=REPO, env=env, timeout=300)
+    assert done.stdout.startswith("usage: hf-transfer train")
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr

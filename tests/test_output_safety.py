@@ -313,15 +313,28 @@ def test_the_tsne_runs_after_the_export_and_cannot_take_the_model_down(tiny_reci
     monkeypatch.setenv("HF_TRANSFER_TSNE_PLOT", "1")
     monkeypatch.setattr(training_plot.BeforeAfterPlot, "write", crash)
     with pytest.warns(UserWarning, match="skipped the before/after t-SNE"):
-        result = hf_transfer.train({**tiny_recipe, "tsne_plot": True} if _has_field("tsne_plot") else tiny_recipe)
+        result = hf_transfer.train({**tiny_recipe, "tsne_plot": True})
     assert seen == {"exported": True}
     assert (result.output_dir / "model.safetensors").is_file()
 
 
-def _has_field(name: str) -> bool:
-    from hf_transfer.recipe import _FLAT_CLASSES, _field_names
+def test_the_tsne_picture_is_drawn_before_the_push(tiny_recipe, monkeypatch):
+    """The picture comes after the model is published, but before the upload, so the Hub repository has it too."""
+    from hf_transfer import hub, outputs
+    from hf_transfer.diagnostics.training_plot import PLOT_NAME
 
-    return name in _field_names(*_FLAT_CLASSES)
+    pushed = {}
+
+    def fake_push(folder, repo_id, **kwargs):
+        pushed["files"] = sorted(p.name for p in Path(folder).iterdir())
+        return f"https://huggingface.co/{repo_id}"
+
+    monkeypatch.setenv("HF_TRANSFER_TSNE_PLOT", "1")
+    monkeypatch.setattr(outputs, "check_hub_reachable", lambda *a, **k: None)
+    monkeypatch.setattr(hub, "push_folder", fake_push)
+    hf_transfer.train({**tiny_recipe, "tsne_plot": True, "tsne_rows": 20, "push_to_hub": True,
+                       "hub_model_id": "someone/tiny"})
+    assert PLOT_NAME in pushed["files"] and "model.safetensors" in pushed["files"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
