@@ -177,7 +177,8 @@ def train_lifelong(recipe: LifelongRecipe | str | dict | None = None, **override
                                 "(or use lifelong_method: adapter)")
     tokenizer = load_tokenizer(recipe.model.model_name_or_path, revision=recipe.model.revision,
                                trust_remote_code=recipe.model.trust_remote_code)
-    tokenize_tasks(tasks, tokenizer, max_length=recipe.max_length, task_ids=list(range(len(tasks))))
+    tokenize_tasks(tasks, tokenizer, max_length=recipe.max_length, task_ids=list(range(len(tasks))),
+                   progress=not args.disable_tqdm)
     model = load_classifier(recipe.model.model_name_or_path, num_labels=first.num_labels,
                             id2label=first.labels.id2label, revision=recipe.model.revision,
                             trust_remote_code=recipe.model.trust_remote_code)

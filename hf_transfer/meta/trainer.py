@@ -137,7 +137,8 @@ def train_meta(recipe: MetaRecipe | str | os.PathLike | dict | None = None, **ov
     tokenizer = load_tokenizer(recipe.model.model_name_or_path, revision=recipe.model.revision,
                                trust_remote_code=recipe.model.trust_remote_code)
     everything = tasks + test_tasks
-    tokenize_tasks(everything, tokenizer, max_length=recipe.max_length, task_ids=list(range(len(everything))))
+    tokenize_tasks(everything, tokenizer, max_length=recipe.max_length, task_ids=list(range(len(everything))),
+                   progress=not args.disable_tqdm)
     encoder = load_encoder(recipe.model.model_name_or_path, peft=recipe.peft, revision=recipe.model.revision,
                            trust_remote_code=recipe.model.trust_remote_code)
     learner = EpisodicLearner(Embedder(encoder, pooling=meta.pooling), learner_config(meta)).to(accelerator.device)

@@ -21,6 +21,7 @@ from ..data import (
     encode_labels,
     infer_label_space,
     load_table,
+    progress_bars,
     require_column,
     tokenize,
 )
@@ -131,9 +132,16 @@ def _encode_regression(table: Dataset, column: str, *, field: str, spec: str) ->
     return table.add_column("labels", [float(v) for v in values])
 
 
-def tokenize_tasks(tasks: list[TaskData], tokenizer, *, max_length: int, task_ids: list[int]) -> None:
+def tokenize_tasks(tasks: list[TaskData], tokenizer, *, max_length: int, task_ids: list[int],
+                   progress: bool = True) -> None:
     """Tokenise each task's tables in place, adding a ``task_ids`` column (the task's index in the model) and
-    float ``labels`` (so that classification and regression tasks concatenate into one table)."""
+    float ``labels`` (so that classification and regression tasks concatenate into one table). ``progress``: show
+    the ``Tokenizing ...`` bars (a run passes ``not disable_tqdm``)."""
+    with progress_bars(progress):
+        _tokenize_tasks(tasks, tokenizer, max_length=max_length, task_ids=task_ids)
+
+
+def _tokenize_tasks(tasks: list[TaskData], tokenizer, *, max_length: int, task_ids: list[int]) -> None:
     for task, task_id in zip(tasks, task_ids):
         spec = task.spec
         tok = dict(tokenizer=tokenizer, text_column=spec.text_column, text_pair_column=spec.text_pair_column,

@@ -135,7 +135,8 @@ def train_multitask(recipe: MultiTaskRecipe, *, callbacks: list | None = None):
                                else recipe.model.revision, trust_remote_code=recipe.model.trust_remote_code)
     with args.main_process_first(desc="tokenizing"):
         tokenize_tasks(tasks, tokenizer, max_length=recipe.max_length,
-                       task_ids=[model.task_index(t.name) for t in tasks])
+                       task_ids=[model.task_index(t.name) for t in tasks],
+                       progress=not args.disable_tqdm)
     problem_types = {t["name"]: t["problem_type"] for t in model.config.tasks}
     regression = [i for i, t in enumerate(model.config.tasks) if t["problem_type"] == "regression"]
     trainer = MultiTaskTrainer(
