@@ -16,7 +16,7 @@ export TOKENIZERS_PARALLELISM ?= false
 .PHONY: install install-dev demo test test-fast lint bench clean
 
 $(STAMP): requirements.txt pyproject.toml
-	@echo "make: installing the runtime lock (requirements.txt) into $(VENV); about 1-2 minutes the first time"
+	@echo "make: installing the runtime lock (requirements.txt) into $(VENV); about 2-3 minutes the first time"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt

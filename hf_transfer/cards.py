@@ -136,7 +136,7 @@ def _under(path: Path, folder: Path) -> bool:
 
 
 def _packaged_demo_files() -> set[str]:
-    from .recipe import DEFAULT_SOURCE, DEFAULT_TARGET
+    from .defaults import DEFAULT_SOURCE, DEFAULT_TARGET
 
     return {os.path.realpath(DEFAULT_SOURCE), os.path.realpath(DEFAULT_TARGET)}
 

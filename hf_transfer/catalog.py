@@ -125,9 +125,12 @@ def _string(node: ast.expr | None) -> str:
 
 
 def _default_text(path: Path, node: ast.expr) -> str | None:
-    """Source text of a default when it is a literal (after resolving one module-level constant), else ``None``."""
+    """Source text of a default when it is a literal (after resolving one module-level constant, defined in ``path``
+    or imported into it from the package), else ``None``."""
     if isinstance(node, ast.Name):
-        node = _literal_constants(path).get(node.id, node)
+        name = node.id
+        origin = path if name in _literal_constants(path) else _imported_from(path, name)
+        node = _literal_constants(origin).get(name, node) if origin is not None else node
     try:
         return repr(ast.literal_eval(node))
     except ValueError:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from .methods import StepBatch
+from .methods.base import StepBatch
 
 
 def world_size() -> int:

@@ -23,15 +23,11 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from .defaults import DEFAULT_MODEL, DEFAULT_SOURCE, DEFAULT_TARGET, RESOURCES  # noqa: F401  (also named here)
 from .errors import RecipeError, nearest, unknown_choice, unknown_field_fix
 from .methods import MethodConfig, available_methods, get_method_spec
 
-DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_OUTPUT_DIR = "outputs/hf-transfer"
-# The review domains shipped with the package for the embedded demo (see hf_transfer/resources/README.md).
-RESOURCES = Path(__file__).parent / "resources"
-DEFAULT_SOURCE = str(RESOURCES / "amazon_books_demo.jsonl")
-DEFAULT_TARGET = str(RESOURCES / "amazon_kitchen_demo.jsonl")
 # With no recipe at all (`hf-transfer train`, `make demo`, `hf_transfer.train()`), a short real job: about two minutes
 # on two CPU cores. Any of these can still be overridden.
 EMBEDDED_DEFAULTS: dict[str, Any] = {

@@ -58,6 +58,28 @@ def test_the_modules_are_evaluate_modules_that_load_offline_from_their_folder():
         accuracy_score(labels, preds))
 
 
+def test_the_in_process_path_equals_every_evaluate_module():
+    """Training calls the shipped modules' compute without `import evaluate` (3 s a process); evaluate.load of each
+    module folder gives the same values, for every average and for the entity metric."""
+    import evaluate
+
+    from hf_transfer.metrics.registry import SHIPPED_METRICS, ShippedModule, load_module
+
+    logits, labels = _classification_case(seed=2)
+    preds = logits.argmax(-1)
+    for name, shipped in SHIPPED_METRICS.items():
+        fast = load_module(name)
+        assert isinstance(fast, ShippedModule)
+        if shipped.kind == "entity":
+            tags = [["B-PER", "I-PER", "O", "B-LOC"], ["O", "B-ORG", "I-ORG"]]
+            guess = [["B-PER", "O", "O", "B-LOC"], ["O", "B-ORG", "I-ORG"]]
+            kwargs, args = {}, {"predictions": guess, "references": tags}
+        else:
+            kwargs, args = shipped.compute_kwargs, {"predictions": preds, "references": labels}
+        module = evaluate.load(str(MODULES_DIR / shipped.module))
+        assert fast.compute(**args, **kwargs) == module.compute(**args, **kwargs), name
+
+
 def test_default_metrics_keep_their_keys_and_skip_ignored_labels():
     from transformers import EvalPrediction
 

@@ -175,3 +175,21 @@ def entity_scores(entities: np.ndarray, tokens: np.ndarray, types: Sequence[str]
     tokens = np.asarray(tokens, dtype=np.float64)
     out["overall_accuracy"] = np.where(tokens[..., 1] > 0, _ratio(tokens[..., 0], tokens[..., 1]), np.nan)
     return out
+
+
+def shipped_result(module: str, predictions, references, *, average: str = "macro", pos_label: int = 1) -> dict:
+    """What the shipped ``evaluate`` module ``module`` (``accuracy``, ``f1``, ``precision``, ``recall``,
+    ``seqeval``) returns from ``compute``: its one implementation, which the module files call too."""
+    if module == "seqeval":
+        types = entity_types(predictions, references)
+        entities, tokens = sentence_counts(predictions, references, types)
+        flat = entity_scores(entities.sum(axis=0), tokens.sum(axis=0), types)
+        out = {t: {k: float(flat[f"{t}_{k}"]) for k in ("precision", "recall", "f1")} for t in types}
+        for t in types:
+            out[t]["number"] = int(flat[f"{t}_number"])
+        out.update({k: float(v) for k, v in flat.items() if k.startswith("overall_")})
+        return out
+    confusion = confusion_matrix(predictions, references)
+    if module == "accuracy":
+        return {"accuracy": float(classification_score(confusion, "accuracy"))}
+    return {module: float(classification_score(confusion, module, average, pos_label=pos_label))}

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RecipeError, nearest
+from .functional import shipped_result
 
 MODULES_DIR = Path(__file__).parent / "modules"
 DEFAULT_CLASSIFICATION_METRICS = ("accuracy", "macro_f1")
@@ -90,17 +91,30 @@ def check_metric_names(names: list[str], *, field_name: str = "metrics") -> list
     return out
 
 
+@dataclass(frozen=True)
+class ShippedModule:
+    """A shipped metric's ``compute``, called in this process without ``import evaluate``: that import costs about
+    3 s per process (it imports ``transformers.pipelines``), which every training process, each of several
+    launched ones, would pay for the same numbers. ``evaluate.load(<the module folder>)`` runs the same function
+    (:func:`~hf_transfer.metrics.functional.shipped_result`); ``tests/test_metrics.py`` checks the two agree."""
+
+    module: str
+
+    def compute(self, *, predictions, references, **kwargs) -> dict[str, Any]:
+        return shipped_result(self.module, predictions, references, **kwargs)
+
+
 @cache
 def load_module(name: str, *, field_name: str = "metrics"):
     """The ``evaluate.EvaluationModule`` for a metric name (cached: one load per process).
 
     A shipped name loads the local module; any other name is passed to ``evaluate.load`` (the Hub).
     """
-    import evaluate
-
     shipped = SHIPPED_METRICS.get(canonical_name(name))
     if shipped is not None:
-        return evaluate.load(str(MODULES_DIR / shipped.module), keep_in_memory=True)
+        return ShippedModule(shipped.module)
+    import evaluate
+
     if hub_offline() and not os.path.exists(name):  # a local module folder or script loads offline too
         raise _unknown(name, "is not a shipped metric, and a Hub metric cannot be loaded offline (HF_HUB_OFFLINE "
                              "is set)", field_name)

@@ -6,7 +6,7 @@ Loaded by ``hf_transfer.metrics.load_metric("accuracy")`` or ``evaluate.load("<t
 import datasets
 import evaluate
 
-from hf_transfer.metrics.functional import classification_score, confusion_matrix
+from hf_transfer.metrics.functional import shipped_result
 
 _DESCRIPTION = "Accuracy: correct predictions / all predictions, in [0, 1]."
 _KWARGS_DESCRIPTION = """
@@ -33,4 +33,4 @@ class Accuracy(evaluate.Metric):
         )
 
     def _compute(self, predictions, references):
-        return {"accuracy": float(classification_score(confusion_matrix(predictions, references), "accuracy"))}
+        return shipped_result("accuracy", predictions, references)

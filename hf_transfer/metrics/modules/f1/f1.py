@@ -8,7 +8,7 @@ any number of classes.
 import datasets
 import evaluate
 
-from hf_transfer.metrics.functional import classification_score, confusion_matrix
+from hf_transfer.metrics.functional import shipped_result
 
 _DESCRIPTION = "F1: the harmonic mean of precision and recall, 2 * TP / (2 * TP + FP + FN), per class then averaged."
 _KWARGS_DESCRIPTION = """
@@ -38,5 +38,4 @@ class F1(evaluate.Metric):
         )
 
     def _compute(self, predictions, references, average="macro", pos_label=1):
-        confusion = confusion_matrix(predictions, references)
-        return {"f1": float(classification_score(confusion, "f1", average, pos_label=pos_label))}
+        return shipped_result("f1", predictions, references, average=average, pos_label=pos_label)

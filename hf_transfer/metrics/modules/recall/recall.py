@@ -8,7 +8,7 @@ any number of classes.
 import datasets
 import evaluate
 
-from hf_transfer.metrics.functional import classification_score, confusion_matrix
+from hf_transfer.metrics.functional import shipped_result
 
 _DESCRIPTION = "Recall: TP / (TP + FN), per class then averaged."
 _KWARGS_DESCRIPTION = """
@@ -38,5 +38,4 @@ class Recall(evaluate.Metric):
         )
 
     def _compute(self, predictions, references, average="macro", pos_label=1):
-        confusion = confusion_matrix(predictions, references)
-        return {"recall": float(classification_score(confusion, "recall", average, pos_label=pos_label))}
+        return shipped_result("recall", predictions, references, average=average, pos_label=pos_label)

@@ -11,7 +11,7 @@ metric: a dict per entity type (``precision``, ``recall``, ``f1``, ``number`` of
 import datasets
 import evaluate
 
-from hf_transfer.metrics.functional import entity_scores, entity_types, sentence_counts
+from hf_transfer.metrics.functional import shipped_result
 
 _DESCRIPTION = "Entity-level precision, recall and F1 (seqeval semantics), per entity type and overall."
 _KWARGS_DESCRIPTION = """
@@ -37,11 +37,4 @@ class Seqeval(evaluate.Metric):
         )
 
     def _compute(self, predictions, references):
-        types = entity_types(predictions, references)
-        entities, tokens = sentence_counts(predictions, references, types)
-        flat = entity_scores(entities.sum(axis=0), tokens.sum(axis=0), types)
-        out = {t: {k: float(flat[f"{t}_{k}"]) for k in ("precision", "recall", "f1")} for t in types}
-        for t in types:
-            out[t]["number"] = int(flat[f"{t}_number"])
-        out.update({k: float(v) for k, v in flat.items() if k.startswith("overall_")})
-        return out
+        return shipped_result("seqeval", predictions, references)
