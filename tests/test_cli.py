@@ -29,12 +29,25 @@ def cli(*args, cwd=REPO, timeout=600):
         (["trian"], "error: unknown command 'trian'; did you mean 'train'?"),
     ],
 )
-def test_user_errors_are_one_line_exit_2(args, message, tmp_path):
-    out = cli(*args, "--output_dir", str(tmp_path / "o")) if args[0] == "train" else cli(*args)
-    assert out.returncode == 2, out.stderr[-2000:]
-    assert message in out.stderr
-    assert "Traceback" not in out.stderr
+def test_user_errors_are_one_line_exit_2(args, message, tmp_path, monkeypatch, capsys):
+    # In process (hf_transfer.cli.main, what the console script calls): a fresh interpreter per case would spend
+    # seconds importing torch for each; test_a_user_error_exits_2_from_a_real_process covers the process itself.
+    from hf_transfer.cli import main
+
+    monkeypatch.chdir(REPO)
+    code = main([*args, "--output_dir", str(tmp_path / "o")] if args[0] == "train" else args)
+    stderr = capsys.readouterr().err
+    assert code == 2, stderr[-2000:]
+    assert message in stderr
+    assert "Traceback" not in stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_a_user_error_exits_2_from_a_real_process(tmp_path):
+    out = cli("train", "--max_steps", "many", "--output_dir", str(tmp_path / "o"))
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines()[-1] == "error: max_steps: expected int, got 'many'"
+    assert "Traceback" not in out.stderr and not (tmp_path / "o").exists()
 
 
 def test_help_and_methods():
