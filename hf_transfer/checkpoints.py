@@ -59,14 +59,15 @@ def checkpoint_problem(folder: str | os.PathLike, *, also: tuple[str, ...] = ())
         if not any(c in names for c in choices):
             return f"{what} is missing" if what != "model weights" else f"the model weights ({choices[0]}) are missing"
     for name in sorted(names):
-        problem = _unreadable(path / name)
+        problem = unreadable_reason(path / name)
         if problem:
             return f"{name} is damaged ({problem})"
     return None
 
 
-def _unreadable(file: Path) -> str | None:
-    """A reason ``file`` cannot be read back, checked without loading it; ``None`` when it looks whole."""
+def unreadable_reason(file: Path) -> str | None:
+    """A reason ``file`` cannot be read back, checked without loading it (a safetensors header parsed, a torch
+    file's zip directory read, JSON parsed); ``None`` when it looks whole. Also used on exported model folders."""
     if not file.is_file():
         return None
     try:
@@ -81,7 +82,7 @@ def _unreadable(file: Path) -> str | None:
         elif file.suffix == ".json":
             json.loads(file.read_text(encoding="utf-8"))
     except Exception as err:  # any failure to parse is a damaged file
-        return str(err).splitlines()[0] if str(err) else type(err).__name__
+        return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return None
 
 

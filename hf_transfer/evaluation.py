@@ -52,16 +52,13 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _check_weights(folder: Path) -> None:
-    from safetensors import safe_open
+    from .checkpoints import unreadable_reason  # the same check a checkpoint gets before a resume
 
     for path in sorted(folder.glob("*.safetensors")):
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                handle.keys()
-        except Exception as err:  # noqa: BLE001 - SafetensorError and OSError: either way the file is unusable
-            why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        why = unreadable_reason(path)
+        if why is not None:
             raise UserError(f"model: {str(path)!r} is truncated or not a safetensors file ({why}); export or train "
-                            "the model again") from None
+                            "the model again")
 
 
 def read_model_folder(model_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
