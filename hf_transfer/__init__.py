@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from .defaults import __version__
 
 #: public name -> the submodule that defines it, imported on first access
 _LAZY = {
@@ -34,9 +34,16 @@ _LAZY = {
     "MultiTaskModel": ".multitask",
     "Recipe": ".recipe",
     "load_recipe": ".recipe",
-    "TrainResult": ".run",
+    "FamilySpec": ".families",
+    "TrainResult": ".families",
+    "available_families": ".families",
+    "register_family": ".families",
     "evaluate": ".run",
     "train": ".run",
+    "Task": ".tasks",
+    "available_tasks": ".tasks",
+    "load_trained": ".tasks",
+    "register_task": ".tasks",
     "TransferTrainer": ".trainer",
     "EfficientNetLiteConfig": ".vision",
     "EfficientNetLiteForImageClassification": ".vision",
@@ -64,10 +71,12 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .errors import DataError, RecipeError, UserError
+    from .families import FamilySpec, TrainResult, available_families, register_family
     from .methods import MethodConfig, StepBatch, TransferMethod, available_methods, register_method
     from .multitask import MultiTaskConfig, MultiTaskModel
     from .recipe import Recipe, load_recipe
-    from .run import TrainResult, evaluate, train
+    from .run import evaluate, train
+    from .tasks import Task, available_tasks, load_trained, register_task
     from .trainer import TransferTrainer
     from .vision import EfficientNetLiteConfig, EfficientNetLiteForImageClassification
 
@@ -75,21 +84,28 @@ __all__ = [
     "DataError",
     "EfficientNetLiteConfig",
     "EfficientNetLiteForImageClassification",
+    "FamilySpec",
     "MethodConfig",
     "MultiTaskConfig",
     "MultiTaskModel",
     "Recipe",
     "RecipeError",
     "StepBatch",
+    "Task",
     "TrainResult",
     "TransferMethod",
     "TransferTrainer",
     "UserError",
     "__version__",
+    "available_families",
     "available_methods",
+    "available_tasks",
     "evaluate",
     "load_recipe",
+    "load_trained",
     "register_auto_classes",
+    "register_family",
     "register_method",
+    "register_task",
     "train",
 ]

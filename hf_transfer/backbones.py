@@ -7,10 +7,14 @@ every parameter outside it, and the encoder layers are the longest ``nn.ModuleLi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.resources
 import importlib.util
+import inspect
+import logging
 import os
 import re
+import weakref
 from typing import Any
 
 import torch
@@ -142,16 +146,21 @@ def load_classifier(
     id2label: dict[int, str] | None = None,
     revision: str | None = None,
     trust_remote_code: bool = False,
-    image: bool = False,
+    auto_class: Any = None,
+    config_fields: dict[str, Any] | None = None,
     config_overrides: dict[str, Any] | None = None,
+    image: bool = False,
 ) -> PreTrainedModel:
-    """``AutoModelForSequenceClassification`` (``AutoModelForImageClassification`` with ``image=True``) with a new
-    head of ``num_labels`` classes (kept if it already fits). ``config_overrides`` (``image_size``,
-    ``classifier_hidden_size``) are set on the config before the model is built, where the architecture supports them
-    (:data:`_CONFIG_OVERRIDES`)."""
+    """``auto_class`` (a task's: :meth:`hf_transfer.tasks.Task.auto_class`; default
+    ``AutoModelForSequenceClassification``) with a new head of ``num_labels`` classes (kept if it already fits).
+    ``config_fields`` (a task's, e.g. ``problem_type``) are set on any config; ``config_overrides`` (``image_size``,
+    ``classifier_hidden_size``, from the recipe) are set before the model is built, where the architecture supports
+    them (:data:`_CONFIG_OVERRIDES`). ``image=True`` is the older spelling of
+    ``auto_class=AutoModelForImageClassification``."""
     path = resolve_model_path(name_or_path)
     id2label = id2label or {i: f"LABEL_{i}" for i in range(num_labels)}
-    auto_class = AutoModelForImageClassification if image else AutoModelForSequenceClassification
+    if auto_class is None:
+        auto_class = AutoModelForImageClassification if image else AutoModelForSequenceClassification
     try:
         config = AutoConfig.from_pretrained(
             path,
@@ -160,6 +169,7 @@ def load_classifier(
             label2id={v: k for k, v in id2label.items()},
             revision=revision,
             trust_remote_code=trust_remote_code,
+            **(config_fields or {}),
         )
         _apply_config_overrides(config, config_overrides or {}, name_or_path)
         model = auto_class.from_pretrained(
@@ -198,6 +208,19 @@ def backbone_prefix(model: nn.Module) -> str:
     if not prefix or not hasattr(inner, prefix):
         raise UserError(f"{type(inner).__name__}: cannot tell its backbone from its head (no base_model_prefix)")
     return prefix
+
+
+class BackboneView(nn.Module):
+    """Modules under the names the freezing code reads (``base_model_prefix`` naming the backbone child), for
+    models that are no ``*ForSequenceClassification``: a bare encoder (meta-learning), a multi-task model's
+    encoders. A plain module, never saved or optimised: the parameters are the viewed model's own."""
+
+    def __init__(self, prefix: str, children: dict[str, nn.Module]):
+        super().__init__()
+        self.base_model_prefix = prefix
+        for name, module in children.items():
+            if module is not None:
+                self.add_module(name, module)
 
 
 def head_parameter_names(model: nn.Module) -> list[str]:
@@ -305,11 +328,13 @@ def layerwise_lr_groups(
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def validate_peft_block(block: Any, *, image: bool = False) -> dict[str, Any]:
+def validate_peft_block(block: Any, *, task_type: str | None = "SEQ_CLS", image: bool = False) -> dict[str, Any]:
     """Check a recipe's ``peft:`` block against the PEFT config class it names; return it with defaults filled.
 
-    ``task_type`` defaults to ``SEQ_CLS`` for text; image models get none (PEFT's sequence-classification wrapper
-    passes ``input_ids``, and the plain ``PeftModel`` forwards ``pixel_values`` as given).
+    ``task_type`` is the default of the block's ``task_type``: the recipe task's
+    (:attr:`hf_transfer.tasks.Task.peft_task_type`): ``SEQ_CLS`` for text; ``None`` for images, which get none (PEFT's
+    sequence-classification wrapper passes ``input_ids``, and the plain ``PeftModel`` forwards ``pixel_values`` as
+    given). ``image=True`` is the older spelling of ``task_type=None``.
 
     Values given on the command line arrive as strings and are read as YAML scalars (``16``, ``[query, value]``).
     """
@@ -336,8 +361,8 @@ def validate_peft_block(block: Any, *, image: bool = False) -> dict[str, Any]:
         value = values.get(key)
         if isinstance(value, str) and re.fullmatch(r"[\w.,\s-]+", value):
             values[key] = [v.strip() for v in value.split(",") if v.strip()]
-    if not image:
-        values.setdefault("task_type", "SEQ_CLS")
+    if task_type is not None and not image:
+        values.setdefault("task_type", task_type)
     try:
         config_class(**values)
     except (TypeError, ValueError) as err:
@@ -374,10 +399,45 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+logger = logging.getLogger(__name__)
+
+# The attribute find_feature_module leaves on the module it returns: a weak link to the model it was found in.
+_OWNER_ATTRIBUTE = "_hf_transfer_feature_owner"
+
+
+class _FeatureOwner:
+    """A weak link from a feature module to the model it belongs to, so that a :class:`FeatureTap` made from the
+    module alone reads that model's ``input_ids`` (a module cannot reach its parents). Weak, so that it keeps no model
+    alive. Deep-copying the whole model links the copy's module to the copy (the frozen reference of ``lwf``);
+    copying the module alone keeps the original model; pickling drops the link."""
+
+    def __init__(self, model: nn.Module | None):
+        self._ref = weakref.ref(model) if model is not None else None
+
+    @property
+    def model(self) -> nn.Module | None:
+        return self._ref() if self._ref is not None else None
+
+    def __deepcopy__(self, memo: dict) -> _FeatureOwner:
+        model = self.model
+        # deepcopy registers the copy of the model in ``memo`` before it copies the model's modules.
+        return _FeatureOwner(memo.get(id(model), model) if model is not None else None)
+
+    def __reduce__(self):
+        return (_FeatureOwner, (None,))
+
+
+def _found(model: nn.Module, name: str, module: nn.Module) -> tuple[str, nn.Module]:
+    # A plain attribute (not a submodule, not in the state dict): nn.Module stores non-module values as is.
+    setattr(module, _OWNER_ATTRIBUTE, _FeatureOwner(model))
+    return name, module
+
+
 def find_feature_module(model: nn.Module, num_labels: int, name: str | None = None) -> tuple[str, nn.Module]:
     """The module whose *input* is the feature methods align: by default the final linear layer that maps to
     ``num_labels`` outputs (the classifier's output projection), found for any architecture. With PEFT, the
-    trained copy inside ``modules_to_save`` is the one that runs."""
+    trained copy inside ``modules_to_save`` is the one that runs. The module remembers ``model`` (weakly), so a
+    :class:`FeatureTap` on it pools a sequence of features at the token ``model`` classifies."""
     modules = dict(model.named_modules())
     if name is not None:
         matches = [n for n in modules if n == name or n.endswith(f".{name}")]
@@ -386,7 +446,7 @@ def find_feature_module(model: nn.Module, num_labels: int, name: str | None = No
             hint = did_you_mean(name, [n.split(".")[-1] for n in modules])
             raise RecipeError(f"feature_module: no module named {name!r}{hint}")
         chosen = max(active, key=lambda n: ("modules_to_save" in n, len(n)))
-        return chosen, modules[chosen]
+        return _found(model, chosen, modules[chosen])
     candidates = [
         n for n, m in modules.items()
         if isinstance(m, nn.Linear) and m.out_features == num_labels and "original_module" not in n
@@ -397,7 +457,7 @@ def find_feature_module(model: nn.Module, num_labels: int, name: str | None = No
         )
     # Prefer the PEFT-trained copy, then the last one registered (heads come after the backbone).
     chosen = max(candidates, key=lambda n: ("modules_to_save" in n, list(modules).index(n)))
-    return chosen, modules[chosen]
+    return _found(model, chosen, modules[chosen])
 
 
 def freeze_batchnorm_statistics(model: nn.Module) -> Any:
@@ -414,17 +474,160 @@ def freeze_batchnorm_statistics(model: nn.Module) -> Any:
     return model.register_forward_pre_hook(hook)
 
 
-class FeatureTap:
-    """Capture the input of a module on every forward pass (the features the classifier head sees)."""
+# Which position of a sequence of features (batch, positions, width) a classifier classifies.
+FIRST_TOKEN = "first"
+LAST_NON_PADDING_TOKEN = "last_non_padding"
 
-    def __init__(self, module: nn.Module):
+# The line with which transformers' decoder-only classifiers written out per model (GPT-2, OPT, Falcon, ...) find
+# the last non-padding token; the others (Llama, Mistral, Qwen, Gemma, ...) share GenericForSequenceClassification.
+_LAST_NON_PAD_LINE = re.compile(r"non_pad_mask\s*=\s*\(\s*input_ids\s*!=\s*self\.config\.pad_token_id\s*\)")
+
+# Model classes already warned about (once per class and process, not once per tap: validators make one per eval).
+_WARNED_POOLING: set[str] = set()
+
+
+def _generic_sequence_classifier() -> type | tuple:
+    try:
+        from transformers.modeling_layers import GenericForSequenceClassification
+    except ImportError:  # a transformers without the shared class: the per-model source check below still applies
+        return ()
+    return GenericForSequenceClassification
+
+
+@functools.cache
+def _pools_last_non_padding_token(cls: type) -> bool:
+    """Whether the ``forward`` of transformers class ``cls`` runs its head on every position and keeps the logits of
+    each row's last non-padding token (``*ForSequenceClassification`` of the decoder-only models)."""
+    if issubclass(cls, _generic_sequence_classifier()):
+        return True
+    forward = next((k.__dict__["forward"] for k in cls.__mro__ if "forward" in k.__dict__), None)
+    try:
+        source = inspect.getsource(forward)  # follows the decorators' __wrapped__ to the method itself
+    except (OSError, TypeError):
+        return False
+    return "last_non_pad_token" in source and _LAST_NON_PAD_LINE.search(source) is not None
+
+
+def classified_token(model: nn.Module) -> str | None:
+    """Which token of a sequence of features the classifier ``model`` (PEFT-wrapped or not) classifies:
+
+    * :data:`LAST_NON_PADDING_TOKEN` for transformers' decoder-only classifiers (GPT-2, Llama, Qwen, ...): they run
+      their head on every position and keep the last non-padding token's logits;
+    * :data:`FIRST_TOKEN` for bidirectional encoders (BERT, RoBERTa, ViT, ...), whose pooler or head reads the
+      first ([CLS]) token;
+    * ``None`` when the architecture does not say: an encoder-decoder (BART reads the last end-of-sequence token),
+      causal attention in a class not recognised above, or a ``summary_type`` other than the first token (XLNet).
+    """
+    inner = _unwrap(model)
+    config = getattr(inner, "config", None)
+    if config is None or getattr(config, "is_encoder_decoder", False):
+        return None
+    if _pools_last_non_padding_token(type(inner)):
+        return LAST_NON_PADDING_TOKEN
+    if getattr(config, "summary_type", FIRST_TOKEN) != FIRST_TOKEN:
+        return None
+    # Under causal attention the first token sees only itself: its feature is the same for every row.
+    if any(getattr(m, "is_causal", False) is True for m in inner.modules()):
+        return None
+    return FIRST_TOKEN
+
+
+def last_non_padding_index(model: nn.Module, input_ids: torch.Tensor | None, device: torch.device) -> Any:
+    """Per row, the position whose logits a decoder-only classifier returns, computed as its forward does: the
+    rightmost token that is not ``pad_token_id`` (left or right padding alike), or the last position (-1) when the
+    model got ``inputs_embeds`` instead of ``input_ids`` or its config has no ``pad_token_id``."""
+    inner = _unwrap(model)
+    config = inner.config
+    # The shared class reads the text config (multimodal configs nest it); the per-model classes read config.
+    if isinstance(inner, _generic_sequence_classifier()):
+        config = config.get_text_config()
+    pad_token_id = config.pad_token_id
+    if pad_token_id is None or input_ids is None:
+        return -1
+    non_pad_mask = (input_ids != pad_token_id).to(device, torch.int32)
+    token_indices = torch.arange(input_ids.shape[-1], device=device, dtype=torch.int32)
+    return (token_indices * non_pad_mask).argmax(-1)
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _WARNED_POOLING:
+        _WARNED_POOLING.add(key)
+        logger.warning(message)
+
+
+class FeatureTap:
+    """Capture, on every forward pass, the feature the classifier head classifies: the input of ``module`` (the
+    feature module of :func:`find_feature_module`). When that input is a sequence ``(batch, positions, width)``,
+    one position per row is kept, the one the model classifies (:func:`classified_token`):
+
+    * the first token for encoders (a RoBERTa-style head named as the feature module pools it itself);
+    * for decoder-only classifiers (GPT-2, Llama, Qwen, ...), the last non-padding token, found from the batch's
+      ``input_ids`` exactly as transformers does (:func:`last_non_padding_index`): under causal attention the first
+      token's feature is the same for every row;
+    * when the architecture does not say, the last non-padding token, with a warning (once per model class).
+
+    Args:
+        module: the module whose input is the feature.
+        model: the model ``module`` belongs to; its forward's ``input_ids`` set the positions. By default the model
+            :func:`find_feature_module` found ``module`` in. With neither, a sequence is read at its first token
+            and a warning says so.
+    """
+
+    def __init__(self, module: nn.Module, model: nn.Module | None = None):
         self.features: torch.Tensor | None = None
-        self._handle = module.register_forward_pre_hook(self._hook)
+        if model is None:
+            owner = getattr(module, _OWNER_ATTRIBUTE, None)
+            model = owner.model if owner is not None else None
+        self._model = model
+        self._token: str | None = None  # resolved at the first sequence of features
+        self._input_ids: torch.Tensor | None = None
+        self._handles = [module.register_forward_pre_hook(self._hook)]
+        if model is not None:
+            # On the transformers model itself (under a PEFT wrapper): the ids it pools with, whoever called it.
+            self._handles.append(_unwrap(model).register_forward_pre_hook(self._read_inputs, with_kwargs=True))
+
+    def _read_inputs(self, model: nn.Module, args: tuple, kwargs: dict) -> None:
+        ids = kwargs["input_ids"] if "input_ids" in kwargs else (args[0] if args else None)
+        self._input_ids = ids if torch.is_tensor(ids) else None
 
     def _hook(self, module: nn.Module, args: tuple) -> None:
         feats = args[0]
-        # Heads that take a sequence (RoBERTa-style) pool inside; align the first token, as they classify it.
-        self.features = feats[:, 0] if feats.dim() == 3 else feats
+        self.features = self._pool(feats) if feats.dim() == 3 else feats
+
+    def _pool(self, feats: torch.Tensor) -> torch.Tensor:
+        if self._token is None:
+            self._token = self._resolve_token()
+        if self._token == FIRST_TOKEN:
+            return feats[:, 0]
+        ids = self._input_ids
+        if ids is not None and tuple(ids.shape[:2]) != tuple(feats.shape[:2]):
+            raise RuntimeError(
+                f"FeatureTap: the feature module's input has {tuple(feats.shape[:2])} (rows, positions) but the "
+                f"model's input_ids {tuple(ids.shape[:2])}; name a feature_module that runs on the input tokens"
+            )
+        index = last_non_padding_index(self._model, ids, feats.device)
+        return feats[torch.arange(feats.shape[0], device=feats.device), index]
+
+    def _resolve_token(self) -> str:
+        if self._model is None:
+            _warn_once(
+                "<no model>",
+                "FeatureTap: the feature module's input is a sequence, and without its model the token its "
+                "classifier reads is unknown; aligning the first token. Pass model= (or find the module with "
+                "find_feature_module).",
+            )
+            return FIRST_TOKEN
+        token = classified_token(self._model)
+        if token is None:
+            name = type(_unwrap(self._model)).__name__
+            _warn_once(
+                name,
+                f"FeatureTap: cannot tell which token {name} classifies from its architecture; aligning the last "
+                "non-padding token of the feature module's input. If the head reads another, set feature_module to "
+                "a module whose input is already one vector per row (the head's output layer).",
+            )
+            token = LAST_NON_PADDING_TOKEN
+        return token
 
     def pop(self) -> torch.Tensor:
         feats, self.features = self.features, None
@@ -433,4 +636,5 @@ class FeatureTap:
         return feats
 
     def remove(self) -> None:
-        self._handle.remove()
+        for handle in self._handles:
+            handle.remove()

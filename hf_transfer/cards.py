@@ -513,16 +513,19 @@ def transfer_card(
     extra_tags: list[str] | None = None,
     id2label: dict[int, str] | None = None,
     data_note: str | None = "Target-domain labels, when present, were used for evaluation only, never for training.",
+    usage: str | None = None,
+    kind: str | None = None,
 ) -> str:
     """The card of a single-task export (plain transfer, one task of a multi-task model). ``pipeline_tag`` is
     ``"text-classification"`` or ``"image-classification"``; it sets the tag, the wording and the loading snippet.
     ``subfolder``: where the export sits inside the Hub repository ``hub_model_id`` (``tasks/<name>``); ``title``
-    replaces the default heading."""
-    from . import __version__
+    replaces the default heading. ``usage`` and ``kind`` (a task's :meth:`~hf_transfer.tasks.Task.card_fields`)
+    replace the loading snippet and the first words ("A text") that ``pipeline_tag`` otherwise decides."""
+    from .defaults import __version__
 
     adapter = f" ({peft_type} adapter)" if peft_type else ""
     name = hub_base_model(base_model) or display_path(base_model) or "model"
-    kind = "An image" if pipeline_tag == "image-classification" else "A text"
+    kind = kind or ("An image" if pipeline_tag == "image-classification" else "A text")
     what = "regressor" if regression else "classifier"
     intro = (
         f"{kind} {what} transferred from {hub_link(base_model)} with [hf-transfer]({PROJECT_URL}) {__version__}, "
@@ -533,8 +536,8 @@ def transfer_card(
         base_model=base_model,
         title=title or _default_title(hub_model_id, subfolder, name),
         intro=intro,
-        usage=usage_snippet(pipeline_tag=pipeline_tag, peft_type=peft_type, hub_model_id=hub_model_id,
-                            merged=merged, regression=regression, subfolder=subfolder, id2label=id2label),
+        usage=usage or usage_snippet(pipeline_tag=pipeline_tag, peft_type=peft_type, hub_model_id=hub_model_id,
+                                     merged=merged, regression=regression, subfolder=subfolder, id2label=id2label),
         pipeline_tag=pipeline_tag,
         library_name="peft" if peft_type else "transformers",
         tags=["hf-transfer", "transfer-learning", *methods, *(extra_tags or [])]
@@ -576,12 +579,16 @@ def transfer_evaluations(recipe, metrics: dict[str, Any], *, task_type: str) -> 
 
 
 def recipe_card(recipe, metrics: dict[str, Any], recipe_yaml: str, *, hub_model_id: str | None = None,
-                id2label: dict[int, str] | None = None) -> str:
+                id2label: dict[int, str] | None = None, task: Any = None) -> str:
     """The card of a plain transfer run (:func:`hf_transfer.run.train`), from its recipe, metrics and the trained
-    model's ``id2label`` (written into an adapter's loading snippet)."""
+    model's ``id2label`` (written into an adapter's loading snippet). ``task`` (default: the recipe's,
+    :class:`hf_transfer.tasks.Task`) gives the pipeline tag, the wording and the loading snippet."""
     d = recipe.data
-    image = bool(d.image_column)
-    task_type = "image-classification" if image else "text-classification"
+    task = task if task is not None else d.resolved_task
+    peft_type = recipe.peft["peft_type"] if recipe.peft else None
+    merged = bool(recipe.peft and recipe.model.merge_adapter)
+    fields = task.card_fields(peft_type=peft_type, hub_model_id=hub_model_id, merged=merged, id2label=id2label)
+    task_type = fields["pipeline_tag"]
     evaluation = d.eval_data or (d.target_data if "target_accuracy" in metrics else None)
     return transfer_card(
         base_model=recipe.model.model_name_or_path,
@@ -591,9 +598,11 @@ def recipe_card(recipe, metrics: dict[str, Any], recipe_yaml: str, *, hub_model_
         evaluations=transfer_evaluations(recipe, metrics, task_type=task_type),
         data=[("source (labelled)", d.source_data), ("target (unlabelled)", d.target_data),
               ("evaluation", evaluation)],
-        peft_type=recipe.peft["peft_type"] if recipe.peft else None,
+        peft_type=peft_type,
         hub_model_id=hub_model_id,
         pipeline_tag=task_type,
-        merged=bool(recipe.peft and recipe.model.merge_adapter),
+        merged=merged,
         id2label=id2label,
+        usage=fields["usage"],
+        kind=fields["kind"],
     )

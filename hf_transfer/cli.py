@@ -81,11 +81,9 @@ def _train(argv: list[str]) -> int:
 
     recipe, tokens = _recipe_and_overrides(argv)
     overrides = _overrides(tokens)
-    if _is_task_list_recipe(recipe, overrides):
-        return _train_task_list(recipe, overrides)  # docs/meta_lifelong.md
-    result = train(recipe, **overrides)
-    if result.trainer.is_world_process_zero():
-        print(json.dumps({k: v for k, v in result.metrics.items()}, indent=2, default=float))
+    result = train(recipe, **overrides)  # every family (hf_transfer/families.py) returns the same TrainResult
+    if result.is_main_process:
+        print(json.dumps(result.metrics, indent=2, default=float))
         print(f"hf-transfer: model, metrics.json, recipe.yaml and README.md written to {result.output_dir}")
     return 0
 
@@ -152,26 +150,6 @@ def train_help() -> str:
     return "\n".join(out)
 
 
-def _is_task_list_recipe(recipe: str | None, overrides: dict) -> bool:
-    from .recipe import _load_yaml
-
-    keys = set(overrides) | set(_load_yaml(recipe) if recipe else ())
-    return bool(keys & {"meta_method", "lifelong_method"})
-
-
-def _train_task_list(recipe: str | None, overrides: dict) -> int:
-    """Meta-learning (``meta_method``) and lifelong (``lifelong_method``) recipes."""
-    from .recipe import load_recipe
-    from .run import train
-
-    # Through train(), like every recipe: the same checks of the output folder (and its lock) before any work.
-    result = train(load_recipe(recipe, overrides))
-    if result.is_main_process:
-        print(json.dumps(result.metrics, indent=2, default=float))
-        print(f"hf-transfer: model, metrics.json, recipe.yaml and README.md written to {result.output_dir}")
-    return 0
-
-
 def _overrides(argv: list[str]) -> dict:
     from .recipe import parse_cli_overrides
 
@@ -226,6 +204,7 @@ def _evaluate(argv: list[str]) -> int:
         few.add_argument(f"--{name}", type=kind)
     a = parser.parse_args(argv)
     if a.shots is not None:
+        from .defaults import DEFAULT_MAX_LENGTH
         from .meta.trainer import few_shot_evaluate
 
         settings = {k: getattr(a, k) for k in ("finetune_steps", "finetune_lr", "finetune_head_lr", "inner_steps",
@@ -233,7 +212,7 @@ def _evaluate(argv: list[str]) -> int:
         metrics = few_shot_evaluate(a.model_dir, a.data, shots=a.shots, episodes=a.episodes, n_query=a.n_query,
                                     n_way=a.n_way, adapt=a.adapt, query_data=a.query_data, split=a.split,
                                     text_column=a.text_column or "text", label_column=a.label_column or "label",
-                                    max_length=a.max_length or 256, seed=a.seed, **settings)
+                                    max_length=a.max_length or DEFAULT_MAX_LENGTH, seed=a.seed, **settings)
         print(json.dumps(metrics, indent=2))
         return 0
     metrics = evaluate(a.model_dir, a.data, text_column=a.text_column, text_pair_column=a.text_pair_column,

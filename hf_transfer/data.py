@@ -27,15 +27,12 @@ import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, IterableDataset, Value, concatenate_datasets
 
+from .batching import MODEL_INPUT_KEYS, TARGET_PREFIX, add_batch_labels  # noqa: F401  (also named here)
 from .errors import DataError
 
 logger = logging.getLogger(__name__)
 
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
-# Columns that carry a model input: token ids for text; the (undecoded) image before collation and the processed
-# pixels after it for images (see hf_transfer/vision/data.py).
-MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "image", "pixel_values")
-TARGET_PREFIX = "target_"
 # A streamed target is shuffled with the recipe seed plus this, so that source and target never share an order.
 TARGET_SEED_OFFSET = 1_000_003
 
@@ -469,20 +466,6 @@ def pair_rows(source_row: dict[str, Any], target_row: dict[str, Any]) -> dict[st
     return row
 
 
-def add_batch_labels(batch: dict[str, Any], rows: list[dict[str, Any]], *, num_target: int) -> dict[str, Any]:
-    """Add ``labels`` (target rows -100), ``domain`` (0 source, 1 target; only when there are target rows) and
-    ``sample_weight`` (target rows 0) to a batch whose inputs hold the ``rows`` first, then ``num_target`` target
-    rows."""
-    if "labels" in rows[0]:
-        batch["labels"] = torch.tensor([r["labels"] for r in rows] + [-100] * num_target, dtype=torch.long)
-    if num_target:
-        batch["domain"] = torch.tensor([0] * len(rows) + [1] * num_target, dtype=torch.long)
-    if "sample_weight" in rows[0]:
-        weights = [float(r["sample_weight"]) for r in rows] + [0.0] * num_target
-        batch["sample_weight"] = torch.tensor(weights, dtype=torch.float32)
-    return batch
-
-
 class TransferCollator:
     """Pad a batch of (possibly paired) rows into one model batch.
 
@@ -532,27 +515,35 @@ class RawData:
     target_sample: Dataset | None = None
 
 
-def _input_column(d) -> tuple[str, str]:
-    # Images: `image_column` replaces `text_column` everywhere.
-    return (d.image_column, "image_column") if d.image_column else (d.text_column, "text_column")
+def _task_of(d, task):
+    """The task whose hooks read the data (:mod:`hf_transfer.tasks`): the one given, else the recipe's (its data
+    arguments resolve it, so that this module never imports the tasks, which build on it)."""
+    return task if task is not None else d.resolved_task
 
 
-def _check_source_columns(table: Dataset, d) -> None:
-    input_column, input_option = _input_column(d)
-    require_column(table, input_column, field="source_data", spec=d.source_data, option=input_option)
-    if d.text_pair_column:
-        require_column(table, d.text_pair_column, field="source_data", spec=d.source_data, option="text_pair_column")
+def _check_input_columns(table: Dataset, d, task, *, field: str, spec: str, pairs: bool = True) -> None:
+    """The task's input columns are in ``table`` (the text pair only where ``pairs``), and their values check."""
+    for column, option in task.input_columns(d):
+        if pairs or option != "text_pair_column":
+            require_column(table, column, field=field, spec=spec, option=option)
+    task.check_inputs(table, d, field=field, spec=spec)
+
+
+def _check_source_columns(table: Dataset, d, task) -> None:
+    for column, option in task.input_columns(d):
+        require_column(table, column, field="source_data", spec=d.source_data, option=option)
     require_column(table, d.label_column, field="source_data", spec=d.source_data, option="label_column")
-    _check_texts(table, d, field="source_data", spec=d.source_data)
+    task.check_inputs(table, d, field="source_data", spec=d.source_data)
 
 
-def _check_texts(table: Dataset, d, *, field: str, spec: str) -> None:
-    """:func:`check_text_column` on the text (and text-pair) column of a text task."""
-    if d.image_column:
-        return
-    check_text_column(table, d.text_column, field=field, spec=spec, option="text_column")
-    if d.text_pair_column and d.text_pair_column in table.column_names:
-        check_text_column(table, d.text_pair_column, field=field, spec=spec, option="text_pair_column")
+def _distinct(values: list[Any]) -> set:
+    """The distinct labels of a column (a multi-label row's list counts as one value)."""
+    return {tuple(v) if isinstance(v, list) else v for v in values}
+
+
+def with_class_names(space: LabelSpace, d) -> LabelSpace:
+    """``space`` with the recipe's ``class_names`` (``d.class_names``) as the names of integer class ids."""
+    return _with_class_names(space, d)
 
 
 def _with_class_names(space: LabelSpace, d) -> LabelSpace:
@@ -573,7 +564,7 @@ def _check_training_split(source: Dataset, fraction: float, *, seed: int) -> Non
     # An in-memory copy of the labels alone: no cache files are written for this check.
     split = Dataset.from_dict({"labels": source["labels"]}).train_test_split(test_size=fraction, seed=seed)
     train, held_out = split["train"]["labels"], split["test"]["labels"]
-    if len(set(train)) < 2:
+    if len(_distinct(train)) < 2:
         raise DataError(
             f"source_eval_fraction: holding out {fraction} of the {len(source)} source rows leaves {len(train)} "
             f"row(s) of a single class to train on; lower source_eval_fraction (e.g. 0.1) or add rows"
@@ -583,40 +574,40 @@ def _check_training_split(source: Dataset, fraction: float, *, seed: int) -> Non
                        "(e.g. 0.1) unless that is meant", fraction, len(held_out), len(source), len(train))
 
 
-def _load_eval(d, target: Dataset | None, space: LabelSpace, *, seed: int) -> Dataset | None:
+def _load_eval(d, target: Dataset | None, space: LabelSpace, *, seed: int, task=None) -> Dataset | None:
     """``eval_data`` (always read whole: evaluation sets are small), else the target's own labelled rows."""
-    input_column, input_option = _input_column(d)
+    task = _task_of(d, task)
     evaluation = None
     if d.eval_data:
         evaluation = load_table(d.eval_data, field="eval_data", split=d.eval_split, config=d.eval_config)
-        require_column(evaluation, input_column, field="eval_data", spec=d.eval_data, option=input_option)
-        _check_texts(evaluation, d, field="eval_data", spec=d.eval_data)
+        _check_input_columns(evaluation, d, task, field="eval_data", spec=d.eval_data, pairs=False)
         require_column(evaluation, d.label_column, field="eval_data", spec=d.eval_data, option="label_column")
-        evaluation = encode_labels(evaluation, d.label_column, space, field="eval_data", spec=d.eval_data)
+        evaluation = task.encode_labels(evaluation, d, space, field="eval_data", spec=d.eval_data)
     elif target is not None and d.label_column in target.column_names:
         # The target's own labels evaluate it; training only ever sees the target's texts.
-        evaluation = encode_labels(target, d.label_column, space, field="target_data", spec=d.target_data)
+        evaluation = task.encode_labels(target, d, space, field="target_data", spec=d.target_data)
     if evaluation is not None and d.max_eval_samples:
         evaluation = evaluation.shuffle(seed=seed).select(range(min(d.max_eval_samples, len(evaluation))))
     return evaluation
 
 
-def load_raw_data(data_args, *, num_labels: int | None = None, seed: int = 42) -> RawData:
-    """Load and validate every table a recipe names. Cheap enough to run before the model is loaded."""
+def load_raw_data(data_args, *, num_labels: int | None = None, seed: int = 42, task=None) -> RawData:
+    """Load and validate every table a recipe names. Cheap enough to run before the model is loaded.
+
+    ``task`` (:class:`hf_transfer.tasks.Task`, default: the recipe's) says which columns are inputs, how their
+    values are checked and how labels are read."""
     d = data_args
+    task = _task_of(d, task)
     if getattr(d, "streaming", False):
-        return _load_streams(d, num_labels=num_labels, seed=seed)
-    input_column, input_option = _input_column(d)
+        return _load_streams(d, num_labels=num_labels, seed=seed, task=task)
     source = load_table(d.source_data, field="source_data", split=d.source_split, config=d.source_config)
-    _check_source_columns(source, d)
+    _check_source_columns(source, d, task)
     # Labels are checked on the whole file, before any subsample, so that an error names the file's row.
-    space = infer_label_space(source, d.label_column, num_labels=num_labels, field="source_data", spec=d.source_data,
-                              class_names=d.class_names)
-    space = _with_class_names(space, d)
-    source = encode_labels(source, d.label_column, space, field="source_data", spec=d.source_data)
+    space = task.label_space(source, d, num_labels=num_labels, field="source_data", spec=d.source_data)
+    source = task.encode_labels(source, d, space, field="source_data", spec=d.source_data)
     if d.max_source_samples:
         source = source.shuffle(seed=seed).select(range(min(d.max_source_samples, len(source))))
-    if len(set(source["labels"])) < 2:
+    if len(_distinct(source["labels"])) < 2:
         raise DataError(
             f"label_column: source_data ({d.source_data!r}) has a single class; training needs two or more"
         )
@@ -625,20 +616,13 @@ def load_raw_data(data_args, *, num_labels: int | None = None, seed: int = 42) -
     target = None
     if d.target_data:
         target = load_table(d.target_data, field="target_data", split=d.target_split, config=d.target_config)
-        require_column(target, input_column, field="target_data", spec=d.target_data, option=input_option)
-        _check_texts(target, d, field="target_data", spec=d.target_data)
+        _check_input_columns(target, d, task, field="target_data", spec=d.target_data, pairs=False)
         if d.max_target_samples:
             target = target.shuffle(seed=seed).select(range(min(d.max_target_samples, len(target))))
 
-    evaluation = _load_eval(d, target, space, seed=seed)
-    if d.image_column:  # every image is decoded once, to fail early
-        from .vision.data import check_images
-
-        tables = {"source_data": (source, d.source_data), "target_data": (target, d.target_data),
-                  "eval_data": (evaluation, d.eval_data)}
-        for field, (table, spec) in tables.items():
-            if table is not None and (field != "eval_data" or d.eval_data):
-                check_images(table, d.image_column, field=field, spec=spec)
+    evaluation = _load_eval(d, target, space, seed=seed, task=task)
+    task.check_loaded({"source_data": (source, d.source_data), "target_data": (target, d.target_data),
+                       "eval_data": (evaluation, d.eval_data)}, d)
     return RawData(source, target, evaluation, space)
 
 
@@ -660,9 +644,9 @@ class PreparedData:
     sample_rows: int | None = None
 
 
-def prepare_data(raw: RawData, tokenizer, data_args, *, seed: int = 42) -> PreparedData:
-    """Tokenise (text; image tables are only narrowed to their image column, see
-    :func:`hf_transfer.vision.data.select_image_column`) and hold out a source slice for ``source_accuracy``. Pairing
+def prepare_data(raw: RawData, tokenizer, data_args, *, seed: int = 42, task=None) -> PreparedData:
+    """Turn tables into model rows with the task's :meth:`~hf_transfer.tasks.Task.process` (tokenised text; image
+    tables are only narrowed to their image column) and hold out a source slice for ``source_accuracy``. Pairing
     with target rows (:func:`pair_with_target`) comes later, after any method has changed the source rows (e.g.
     weighted them).
 
@@ -671,15 +655,10 @@ def prepare_data(raw: RawData, tokenizer, data_args, *, seed: int = 42) -> Prepa
     held-out source slice is a seeded ``source_eval_fraction`` of the source sample's rows (the first
     ``streaming_sample_size``), which the training stream filters out by row number."""
     d = data_args
-    if d.image_column:  # images stay undecoded here; the collator runs the image processor per batch
-        from .vision.data import select_image_column
+    task = _task_of(d, task)
 
-        def process(table: Dataset, keep: tuple[str, ...] = ("labels",), desc: str = "") -> Dataset:
-            return select_image_column(table, d.image_column, keep=keep)
-    else:
-        def process(table: Dataset, keep: tuple[str, ...] = ("labels",), desc: str = "Tokenizing") -> Dataset:
-            return tokenize(table, tokenizer, text_column=d.text_column, text_pair_column=d.text_pair_column,
-                            max_length=d.max_length, keep=keep, desc=desc)
+    def process(table: Dataset, keep: tuple[str, ...] = ("labels",), desc: str = "Tokenizing") -> Dataset:
+        return task.process(table, tokenizer, d, keep=keep, desc=desc)
     target_eval = process(raw.eval, desc="Tokenizing eval") if raw.eval is not None else None
     if isinstance(raw.source, IterableDataset):
         buffer = d.streaming_shuffle_buffer
@@ -779,7 +758,7 @@ class _StreamLabels:
         return {"labels": ids.tolist()}
 
 
-def _load_streams(d, *, num_labels: int | None, seed: int) -> RawData:
+def _load_streams(d, *, num_labels: int | None, seed: int, task=None) -> RawData:
     """``load_raw_data`` for ``streaming: true``: everything that can be checked on the first
     ``streaming_sample_size`` rows is checked now; every later row is checked when it is read."""
     rows = d.streaming_sample_size
@@ -788,12 +767,11 @@ def _load_streams(d, *, num_labels: int | None, seed: int) -> RawData:
     # take/skip pin the order of a stream's shards (files): a later shuffle then reorders rows only through its buffer,
     # so a row number (in an error message, or naming a held-out row) means the same row in every pass.
     source = source.take(d.max_source_samples) if d.max_source_samples else source.skip(0)
+    task = _task_of(d, task)
     sample = take_rows(source, rows, field="source_data", spec=d.source_data)
-    _check_source_columns(sample, d)
-    space = infer_label_space(sample, d.label_column, num_labels=num_labels, field="source_data", spec=d.source_data,
-                              class_names=d.class_names)
-    space = _with_class_names(space, d)
-    sample = encode_labels(sample, d.label_column, space, field="source_data", spec=d.source_data)
+    _check_source_columns(sample, d, task)
+    space = task.label_space(sample, d, num_labels=num_labels, field="source_data", spec=d.source_data)
+    sample = task.encode_labels(sample, d, space, field="source_data", spec=d.source_data)
     if len(set(sample["labels"])) < 2:
         raise DataError(
             f"label_column: the first {len(sample)} rows of source_data ({d.source_data!r}) have a single class; "
@@ -815,10 +793,9 @@ def _load_streams(d, *, num_labels: int | None, seed: int) -> RawData:
         if d.max_target_samples:
             target = target.take(d.max_target_samples)
         target_sample = take_rows(target, rows, field="target_data", spec=d.target_data)
-        require_column(target_sample, d.text_column, field="target_data", spec=d.target_data, option="text_column")
-        _check_texts(target_sample, d, field="target_data", spec=d.target_data)
+        _check_input_columns(target_sample, d, task, field="target_data", spec=d.target_data, pairs=False)
     # Evaluation reads `eval_data` whole, or evaluates on the target sample (target labels never train).
-    evaluation = _load_eval(d, target_sample, space, seed=seed)
+    evaluation = _load_eval(d, target_sample, space, seed=seed, task=task)
     return RawData(source, target, evaluation, space, source_sample=sample, target_sample=target_sample)
 
 

@@ -24,10 +24,11 @@ shards the model (FSDP, DeepSpeed ZeRO-3) and so holds no whole copy on any one 
 
 from __future__ import annotations
 
+import dataclasses
+import os
+
 import torch
 import torch.distributed as dist
-
-from .methods.base import StepBatch
 
 
 def world_size() -> int:
@@ -62,20 +63,20 @@ def gather_rows(tensor: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     return torch.cat([part[:n] for part, n in zip(parts, sizes)])
 
 
-def gather_step_batch(batch: StepBatch) -> StepBatch:
+def gather_step_batch(batch):
     """The global batch of this step, identical on every process, with gradients flowing back to each shard."""
     if world_size() == 1:
         return batch
     sizes = _gather_sizes(batch.logits.shape[0], batch.logits.device)
-    return StepBatch(
+    return dataclasses.replace(
+        batch,
         logits=gather_rows(batch.logits, sizes),
         features=gather_rows(batch.features, sizes),
         labels=gather_rows(batch.labels, sizes),
         domain=gather_rows(batch.domain, sizes),
         sample_weight=None if batch.sample_weight is None else gather_rows(batch.sample_weight, sizes),
-        progress=batch.progress,
-        inputs=batch.inputs,  # per process: a method that runs a model on them gathers its result (gather_batch_rows)
-        extras=batch.extras,
+        # progress, inputs and extras stay as they are: per process (a method that runs a model on `inputs` gathers
+        # its result with gather_batch_rows)
     )
 
 
@@ -126,3 +127,12 @@ def parameters_sharded(trainer) -> bool:
     if trainer.is_deepspeed_enabled:
         return trainer.accelerator.state.deepspeed_plugin.zero_stage == 3
     return False
+
+
+def launched_engine() -> str | None:
+    """``FSDP`` or ``DEEPSPEED`` when this process was started by ``accelerate launch`` with such a config."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        return "FSDP"
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        return "DEEPSPEED"
+    return None

@@ -16,12 +16,12 @@ from typing import Any
 
 import yaml
 
+from .defaults import DEFAULT_MAX_LENGTH
 from .errors import RecipeError, UserError
-from .metrics import DEFAULT_CLASSIFICATION_METRICS, check_metric_names
+from .metrics import check_metric_names
 
-DEFAULT_MAX_LENGTH = 256
 # Keys read from the training recipe saved beside the model (recipe.yaml) when the caller does not set them.
-RECIPE_KEYS = ("text_column", "text_pair_column", "label_column", "image_column", "max_length", "metrics")
+RECIPE_KEYS = ("task", "text_column", "text_pair_column", "label_column", "image_column", "max_length", "metrics")
 JSON_FILES = ("config.json", "adapter_config.json", "preprocessor_config.json", "tokenizer_config.json")
 # Models whose position table holds padding_idx + 1 rows before the first real position.
 OFFSET_POSITION_MODELS = ("roberta", "xlm-roberta", "camembert", "longformer", "mpnet")
@@ -37,6 +37,8 @@ class EvaluationSettings:
     image_column: str | None
     max_length: int | None
     metrics: list[str]
+    #: the registered task (hf_transfer.tasks) the model folder is evaluated as
+    task: str = "text-classification"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -135,17 +137,22 @@ def resolve_settings(
     A ``max_length`` from the saved recipe or the default is capped at the model's length; one given explicitly that
     exceeds it is an error (the model would fail on the first long input).
     """
+    from .tasks import task_for_folder
+
     saved = saved_recipe(model_dir)
     image = image_column or (saved.get("image_column") if text_column is None else None)
+    # The saved recipe's task; an image column (given, or saved and not overridden by a text column) means images.
+    task = task_for_folder(model_dir, {"task": None if image_column else saved.get("task"), "image_column": image})
     settings = EvaluationSettings(
         text_column=text_column or saved.get("text_column", "text"),
         text_pair_column=text_pair_column or (saved.get("text_pair_column") if text_column is None else None),
         label_column=label_column or saved.get("label_column", "label"),
         image_column=image,
         max_length=None,
-        metrics=check_metric_names(list(metrics or saved.get("metrics") or DEFAULT_CLASSIFICATION_METRICS)),
+        metrics=check_metric_names(list(metrics or saved.get("metrics") or task.default_metrics())),
+        task=task.name,
     )
-    if image:
+    if not task.uses_tokens:  # e.g. image models have no token positions
         return settings
     limit = max_model_length(files)
     if max_length is not None:

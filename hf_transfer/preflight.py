@@ -26,17 +26,18 @@ _PADDING_OFFSET_MODEL_TYPES = frozenset({
 
 
 def check_before_training(recipe: Any) -> None:
-    """Every machine- and model-dependent check of a single-task recipe (:class:`hf_transfer.recipe.Recipe`); other
-    recipes (task lists) are left to their own loaders."""
+    """Every machine- and model-dependent check of a recipe of any family, before anything is read or loaded: a
+    flat :class:`hf_transfer.recipe.Recipe`, or a family's recipe whose shared parts are its ``base`` Recipe."""
     from .recipe import Recipe
 
-    if not isinstance(recipe, Recipe):
+    base = getattr(recipe, "base", recipe)
+    if not isinstance(base, Recipe):
         return
-    check_mixed_precision(recipe.training)
-    check_report_to(recipe.training)
-    if not recipe.data.image_column:  # image models have no token positions
-        check_max_length(recipe.model.model_name_or_path, recipe.data.max_length,
-                         revision=recipe.model.revision, trust_remote_code=recipe.model.trust_remote_code)
+    check_mixed_precision(base.training)
+    check_report_to(base.training)
+    if base.data.resolved_task.uses_tokens:  # image models have no token positions
+        check_max_length(base.model.model_name_or_path, base.data.max_length,
+                         revision=base.model.revision, trust_remote_code=base.model.trust_remote_code)
 
 
 def has_accelerator() -> bool:

@@ -18,13 +18,14 @@ import os
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-from .defaults import DEFAULT_MODEL, DEFAULT_SOURCE, DEFAULT_TARGET, RESOURCES  # noqa: F401  (also named here)
+from .defaults import DEFAULT_MAX_LENGTH, DEFAULT_MODEL, DEFAULT_SOURCE, DEFAULT_TARGET, RESOURCES  # noqa: F401  (also named here)
 from .errors import RecipeError, nearest, unknown_choice, unknown_field_fix
+from .families import DEFAULT_FAMILY, family_for_keys
 from .methods import MethodConfig, available_methods, get_method_spec
 
 DEFAULT_OUTPUT_DIR = "outputs/hf-transfer"
@@ -148,6 +149,14 @@ class DataArguments:
     )
     eval_split: str = field(default="train", metadata={"help": "Split of eval_data."})
     eval_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration of eval_data."})
+    task: str | None = field(
+        default=None,
+        metadata={
+            "help": "What the model learns (docs/tasks.md): text-classification, image-classification, "
+            "multi-label-classification (label_column holds a list of classes per row). Default: inferred, "
+            "image-classification when image_column is set, else text-classification."
+        },
+    )
     text_column: str = field(default="text", metadata={"help": "Column holding the input text."})
     text_pair_column: str | None = field(
         default=None, metadata={"help": "Optional second text column (sentence-pair tasks)."}
@@ -180,7 +189,7 @@ class DataArguments:
         default=None,
         metadata={"help": "Names of integer class ids 0..n-1 (e.g. [negative, positive]), shown by pipeline()."},
     )
-    max_length: int = field(default=256, metadata={"help": "Truncate inputs to this many tokens."})
+    max_length: int = field(default=DEFAULT_MAX_LENGTH, metadata={"help": "Truncate inputs to this many tokens."})
     source_eval_fraction: float = field(
         default=0.1,
         metadata={"help": "Fraction of the source held out (never trained on) to report source_accuracy."},
@@ -231,14 +240,6 @@ class DataArguments:
             if repeated:
                 raise RecipeError(f"class_names: {', '.join(map(repr, repeated))} given more than once; "
                                   "give each class one distinct name")
-        if self.image_column is None:
-            columns = {"text_column": self.text_column, "text_pair_column": self.text_pair_column,
-                       "label_column": self.label_column}
-            for i, (name, column) in enumerate(columns.items()):
-                for other, other_column in list(columns.items())[i + 1:]:
-                    if column is not None and column == other_column:
-                        raise RecipeError(f"{other}: is the same column as {name} ({column!r}); each must name "
-                                          "its own column")
         if self.image_size is not None and self.image_size < 8:
             raise RecipeError(f"image_size: must be >= 8 pixels, got {self.image_size}")
         if [a.lower() for a in self.image_augmentation] == ["none"]:
@@ -248,8 +249,6 @@ class DataArguments:
         for name in self.image_augmentation:
             if name not in AUGMENTATIONS:
                 raise unknown_choice("image_augmentation", name, AUGMENTATIONS)
-        if self.image_column is None and (self.image_size is not None or self.image_augmentation):
-            raise RecipeError("image_size / image_augmentation: set image_column too (they apply to images only)")
         if not 0 <= self.source_eval_fraction < 1:
             raise RecipeError(f"source_eval_fraction: must be in [0, 1), got {self.source_eval_fraction}")
         from .metrics.registry import check_metric_names
@@ -264,10 +263,15 @@ class DataArguments:
         if self.streaming_shuffle_buffer < 0:
             raise RecipeError(f"streaming_shuffle_buffer: must be >= 0 (0: no shuffling), got "
                               f"{self.streaming_shuffle_buffer}")
-        if self.streaming and self.image_column:
-            raise RecipeError(
-                "streaming: image data (image folders, .npz arrays) is read whole; set streaming: false for images"
-            )
+        self.resolved_task.check_data_args(self)  # unknown task: the nearest name; fields the task cannot use
+
+    @property
+    def resolved_task(self):
+        """The registered task (:class:`hf_transfer.tasks.Task`) these data fields mean: ``task``, or the one
+        inferred from ``image_column``."""
+        from .tasks import task_for_data
+
+        return task_for_data(self)
 
 
 @dataclass
@@ -326,6 +330,8 @@ class Recipe:
     peft: dict[str, Any] | None = None
     #: the TrainingArguments fields the recipe and overrides set, as given (after type conversion)
     training_fields: dict[str, Any] = field(default_factory=dict)
+    #: the registered family (hf_transfer.families) that trains a flat recipe
+    family: ClassVar[str] = DEFAULT_FAMILY
 
     @property
     def needs_target(self) -> bool:
@@ -589,20 +595,18 @@ def load_recipe(
             shown = "null" if key is None else repr(key)
             raise RecipeError(f"{shown}: not a field name; recipe keys are field names such as learning_rate (quote "
                               "a key that YAML reads as a number or null)")
-    for key, module, loader in (("meta_method", "meta", "load_meta_recipe"),
-                                ("lifelong_method", "lifelong", "load_lifelong_recipe")):
-        if key in raw or key in overrides:
-            # Meta-learning / lifelong recipes (task lists plus their own fields): see docs/meta_lifelong.md.
-            import importlib
-
-            return getattr(importlib.import_module(f".{module}.recipe", __package__), loader)(raw, overrides)
-    if "tasks" in raw or any(k == "tasks" or k.startswith("tasks.") for k in overrides):
-        # A multi-task recipe (a `tasks:` list): see hf_transfer/multitask/recipe.py and docs/multitask.md.
-        from .multitask.recipe import load_multitask_recipe
-
-        if recipe is None:
-            raw.pop("class_names", None)  # the embedded demo's labels; classes are per task here
-        return load_multitask_recipe(raw, overrides)
+    flat_names = set(_field_names(*_FLAT_CLASSES))
+    method_names = available_methods()
+    block_names = {"peft", *method_names}
+    keys = [*raw, *overrides]
+    if any(key.split(".", 1)[0] not in flat_names | block_names for key in keys):
+        # A key no flat recipe has: a family's (`tasks`, `meta_method` ...; hf_transfer/families.py), or a typo,
+        # refused below with the nearest name.
+        family = family_for_keys(keys)
+        if family is not None:
+            if recipe is None:
+                raw.pop("class_names", None)  # the embedded demo's labels; classes are per task in a family's lists
+            return family.load_recipe(raw, overrides)
     raw = _merge_dotted(raw)
     for key, value in _merge_dotted(overrides).items():
         if isinstance(value, dict) and isinstance(raw.get(key), dict):
@@ -610,9 +614,6 @@ def load_recipe(
         else:
             raw[key] = value
 
-    flat_names = set(_field_names(*_FLAT_CLASSES))
-    method_names = available_methods()
-    block_names = {"peft", *method_names}
     for key in raw:
         if key not in flat_names and key not in block_names:
             fix = unknown_field_fix(key, sorted(flat_names | block_names),
@@ -668,8 +669,6 @@ def load_recipe(
             "dataloader_num_workers: with streaming: true rows are read, tokenised and paired in the training "
             "process; set dataloader_num_workers: 0"
         )
-    if data_args.image_column and training_args.train_sampling_strategy == "group_by_length":
-        raise RecipeError("train_sampling_strategy: group_by_length needs text lengths; images have none. Use random")
     method_configs = {}
     for name in method_args.method:
         block = raw.get(name) or {}
@@ -682,13 +681,16 @@ def load_recipe(
                 f"{name}: a block for a method that is not in `method` {method_args.method}; add it there"
             )
 
+    task = data_args.resolved_task
+    task.check_recipe(data_args=data_args, training_args=training_args, methods=list(method_args.method),
+                      method_configs=method_configs, selection_validators=list(method_args.selection_validators))
     peft_block = raw.get("peft")
     if peft_block is not None:
         from .backbones import validate_peft_block
 
-        peft_block = validate_peft_block(peft_block, image=bool(data_args.image_column))
+        peft_block = validate_peft_block(peft_block, task_type=task.peft_task_type)
         check_peft_values(peft_block)
-    from .launch_check import check_launched_engine
+    from .engine_rules import check_launched_engine
 
     # Under an FSDP / DeepSpeed launch: refuse what cannot run.
     check_launched_engine(method_configs=method_configs,

@@ -11,29 +11,22 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from transformers import PreTrainedModel, set_seed
 
 from .backbones import (
     count_parameters,
     find_feature_module,
-    freeze_batchnorm_statistics,
-    load_classifier,
-    load_image_processor,
-    load_tokenizer,
+    load_classifier,  # noqa: F401  (kept importable from here; the task loads the model)
+    load_tokenizer,  # noqa: F401  (kept importable from here; the task loads the processor)
     set_trainable_top_layers,
     wrap_with_peft,
 )
 from .cards import recipe_card
-from .checkpoints import resolve_resume_checkpoint
 from .data import (
     StreamingTrainSet,
-    TransferCollator,
     load_raw_data,
     pair_with_target,
     prepare_data,
@@ -42,37 +35,25 @@ from .data import (
 from .diagnostics.training_plot import finish_before_after_plot, start_before_after_plot
 from .distributed import full_state_dict, parameters_sharded
 from .errors import DataError, RecipeError, UserError
+from .families import DEFAULT_FAMILY, FamilySpec, TrainResult, family_of, get_family, register_family
 from .hub import (
     PushRequest,
-    atomic_write_text,
     discard_stage,
     finish_export,
     save_trainer_results,
     staging_dir,
-    take_push_request,
 )
 from .methods import get_method_spec
-from .metrics import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, build_compute_metrics, with_intervals
-from .multitask.recipe import MultiTaskRecipe
+from .metrics import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, with_intervals
 from .outputs import check_output_location
+from .preamble import begin_run
 from .recipe import Recipe, load_recipe
 from .selection import build_selection, selection_summary
+from .tasks import load_trained  # noqa: F401  (loading lives with the tasks; the names stay importable from here)
+from .tasks.loading import CLASSIFIER_CONFIG, _load_adapter, save_classifier_config  # noqa: F401  (as above)
 from .trainer import METHODS_SUBMODULE, GradualUnfreezing, TransferTrainer
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainResult:
-    """What :func:`train` returns: the metrics written to ``metrics.json``, the trained model, and the rest."""
-
-    metrics: dict[str, Any]
-    model: PreTrainedModel
-    tokenizer: Any
-    trainer: TransferTrainer
-    recipe: Recipe
-    output_dir: Path
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def build_methods(recipe: Recipe, model: torch.nn.Module, num_labels: int):
@@ -113,9 +94,7 @@ def train(
     Raises:
         hf_transfer.errors.UserError: bad recipe or data, before anything is trained or written.
     """
-    from .meta.recipe import TaskListRecipe
-
-    if not isinstance(recipe, (Recipe, MultiTaskRecipe, TaskListRecipe)):
+    if recipe is None or not hasattr(recipe, "training"):  # a path, a mapping, or None: parse it
         recipe = load_recipe(recipe, overrides)
     elif overrides:
         raise UserError("overrides: pass them with a recipe path or mapping, not with a parsed Recipe")
@@ -123,24 +102,15 @@ def train(
 
     check_before_training(recipe)  # machine and model-config checks, before anything is read, written or loaded
     check_output_location(recipe)  # output_dir usable and not another run's, push possible; takes the folder's lock
-    if isinstance(recipe, MultiTaskRecipe):  # a recipe with a `tasks:` list (docs/multitask.md)
-        from .multitask.run import train_multitask
+    # The family (docs/families.md) runs the rest: the flat path below, or multi-task, meta-learning, lifelong.
+    return get_family(family_of(recipe)).train(recipe, callbacks=callbacks)
 
-        return train_multitask(recipe, callbacks=callbacks)
-    if isinstance(recipe, TaskListRecipe):  # meta-learning or lifelong recipes (docs/meta_lifelong.md)
-        from .lifelong import LifelongRecipe, train_lifelong
-        from .meta import train_meta
 
-        return (train_lifelong if isinstance(recipe, LifelongRecipe) else train_meta)(recipe)
-    recipe_yaml = recipe.to_yaml()  # as the user asked for it, before the adjustments below
-    args = recipe.training
-    push_requested = take_push_request(args)
-    # `latest` -> the newest complete checkpoint; a half-written one is refused before anything loads.
-    args.resume_from_checkpoint = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
-    # Our datasets hold exactly the columns the collator needs (target_* included); don't let the Trainer drop them.
-    args.remove_unused_columns = False
-    if not torch.cuda.is_available():
-        args.dataloader_pin_memory = False  # pinning needs an accelerator; on the CPU it only warns
+def train_transfer(recipe: Recipe, *, callbacks: list | None = None) -> TrainResult:
+    """The ``transfer`` family's run (flat recipes: one source, an optional unlabelled target, the transfer methods),
+    from a parsed and checked recipe: load and check the data, load the model, train, evaluate, export."""
+    start = begin_run(recipe)  # snapshot, push request, resume, seed (hf_transfer/preamble.py)
+    recipe_yaml, push_requested, args = start.recipe_yaml, start.push, recipe.training
     if recipe.model.gradual_unfreezing_steps:
         args.ddp_find_unused_parameters = True  # layers join training mid-run
     streaming = recipe.data.streaming
@@ -154,38 +124,20 @@ def train(
             logger.info("hf-transfer: train_sampling_strategy group_by_length does not apply with streaming: true (no "
                         "lengths are known before the rows are read); rows come in shuffled stream order, each batch "
                         "padded to its own longest row")
-    set_seed(args.seed)
 
+    task = recipe.data.resolved_task  # what the model learns (hf_transfer/tasks): data, model, metrics, export
     with progress_bars(not args.disable_tqdm):
-        raw = load_raw_data(recipe.data, num_labels=recipe.model.num_labels, seed=args.seed)
-    compute_metrics = build_compute_metrics(recipe.data.metrics)  # loaded now: a bad metric fails before the model
-    image = bool(recipe.data.image_column)  # image classification (docs/vision.md): same flow, other processor
-    hub_kwargs = dict(revision=recipe.model.revision, trust_remote_code=recipe.model.trust_remote_code)
-    if image:
-        tokenizer = load_image_processor(recipe.model.model_name_or_path, image_size=recipe.data.image_size,
-                                         **hub_kwargs)
-    else:
-        tokenizer = load_tokenizer(recipe.model.model_name_or_path, **hub_kwargs)
+        raw = load_raw_data(recipe.data, num_labels=recipe.model.num_labels, seed=args.seed, task=task)
+    # Loaded now: a bad metric fails before the model.
+    compute_metrics = task.compute_metrics(recipe.data.metrics)
+    tokenizer = task.load_processor(recipe.model, recipe.data)  # a tokenizer, an image processor ...
     if recipe.needs_target and raw.target is None:
         raise DataError("target_data: the chosen method learns from unlabelled target data; set target_data")
     with args.main_process_first(desc="tokenizing"), progress_bars(not args.disable_tqdm):
-        data = prepare_data(raw, tokenizer, recipe.data, seed=args.seed)
+        data = prepare_data(raw, tokenizer, recipe.data, seed=args.seed, task=task)
 
-    config_overrides = {}
-    if recipe.data.image_size is not None:
-        config_overrides["image_size"] = recipe.data.image_size
-    if recipe.model.classifier_hidden_size is not None:
-        config_overrides["classifier_hidden_size"] = recipe.model.classifier_hidden_size
-    model = load_classifier(
-        recipe.model.model_name_or_path,
-        num_labels=data.labels.num_labels,
-        id2label=data.labels.id2label,
-        image=image,
-        config_overrides=config_overrides,
-        **hub_kwargs,
-    )
-    if image:
-        freeze_batchnorm_statistics(model)
+    model = task.build_model(recipe.model, recipe.data, data.labels)
+    task.prepare_model(model)
     if recipe.model.freeze_backbone:
         set_trainable_top_layers(model, 0)
     elif recipe.model.trainable_layers is not None:
@@ -193,12 +145,7 @@ def train(
     if recipe.peft:
         model = wrap_with_peft(model, recipe.peft)
     methods, feature_module = build_methods(recipe, model, data.labels.num_labels)
-    if image:
-        from .vision.data import ImageCollator
-
-        collator = ImageCollator(tokenizer)
-    else:
-        collator = TransferCollator(tokenizer)
+    collator = task.collator(tokenizer)
     metrics: dict[str, Any] = {}
     # `methods`: the built loss modules, so a hook can hand them what only it knows (e.g. class names -> a graph);
     # `feature_module`: whose input is StepBatch.features. A hook may replace `collator` (mlm adds masked rows).
@@ -210,18 +157,17 @@ def train(
             context = prepare(recipe.method_configs[name], context)
     collator = context["collator"]
     # Source vs target t-SNE before and after training, on a bounded sample (main process; docs/diagnostics.md).
-    tsne = None if image else start_before_after_plot(args, model, data, collator, enabled=recipe.methods.tsne_plot,
-                                                      rows=recipe.methods.tsne_rows)
+    tsne = None
+    if task.supports_feature_plot:
+        tsne = start_before_after_plot(args, model, data, collator, enabled=recipe.methods.tsne_plot,
+                                       rows=recipe.methods.tsne_rows)
     if streaming:  # endless, seeded, lazily paired rows (docs/streaming.md)
         d = recipe.data
         data.train = StreamingTrainSet(data.train, data.target if recipe.needs_target else None,
                                        source_spec=d.source_data, target_spec=d.target_data or "")
     elif recipe.needs_target:
         data.train = pair_with_target(data.train, data.target, seed=args.seed)
-    if image and recipe.data.image_augmentation:
-        from .vision.data import augment_table
-
-        data.train = augment_table(data.train, recipe.data.image_augmentation, seed=args.seed)
+    data.train = task.augment(data.train, recipe.data, seed=args.seed)  # e.g. image_augmentation
     selection = build_selection(recipe, model, data, feature_module=feature_module)
 
     callbacks = list(callbacks or [])
@@ -229,7 +175,7 @@ def train(
         callbacks.append(GradualUnfreezing(model, recipe.model.gradual_unfreezing_steps))
     eval_sets = {k: v for k, v in (("source", data.source_eval), ("target", data.target_eval)) if v is not None}
     trainable, total = count_parameters(model)  # the model's own: a method's discriminator is not part of it
-    trainer = TransferTrainer(
+    trainer = task.trainer_class(TransferTrainer)(
         model=model,
         args=args,
         train_dataset=data.train,
@@ -242,6 +188,7 @@ def train(
         feature_module=feature_module,
         layerwise_lr_decay=recipe.model.layerwise_lr_decay,
         extra_eval_metrics=selection,
+        task=task,
     )
     if trainer.is_world_process_zero():
         rows = "streamed training rows" if streaming else f"{len(data.train):,} training rows"
@@ -267,6 +214,12 @@ def train(
     export(trainer, recipe, metrics, output_dir, recipe_yaml=recipe_yaml, push=push_requested,
            after_publish=lambda: finish_before_after_plot(tsne, trainer, output_dir))
     return TrainResult(metrics, trainer.model, tokenizer, trainer, recipe, output_dir)
+
+
+register_family(FamilySpec(
+    DEFAULT_FAMILY, selected_by=None, load_recipe=None, train=train_transfer,
+    summary="One labelled source, an optional unlabelled target, the transfer methods (`method:`)",
+))
 
 
 # What Trainer.evaluate adds beside the metrics and the loss: speed figures, not results.
@@ -329,65 +282,6 @@ def export(
     accelerator.wait_for_everyone()
 
 
-#: Beside an adapter: the config of the classifier it was trained as (labels, and any size a recipe changed), which
-#: the base model's own config lacks. Loaders pass its labels to ``from_pretrained`` (see :func:`load_trained`).
-CLASSIFIER_CONFIG = "classifier_config.json"
-
-
-def save_classifier_config(model, folder: Path) -> None:
-    """Write the trained classifier's config (the base config with this run's ``num_labels``, ``id2label``,
-    ``label2id``) as :data:`CLASSIFIER_CONFIG`. Not ``config.json``: transformers would then take the adapter folder
-    for a full model and look for base weights in it."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    atomic_write_text(folder / CLASSIFIER_CONFIG, inner.config.to_json_string())
-
-
-def load_trained(model_dir: str | os.PathLike):
-    """Load a folder written by :func:`train`: a plain model, or a PEFT adapter (text or image) on its base model.
-    Returns ``(model, tokenizer)``, the image processor in place of the tokenizer for an image classifier."""
-    from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
-
-    path = Path(model_dir)
-    image = (path / "preprocessor_config.json").is_file()
-    auto_class = AutoModelForImageClassification if image else AutoModelForSequenceClassification
-    if (path / "adapter_config.json").is_file():
-        model = _load_adapter(path, auto_class)
-    elif (path / "config.json").is_file():
-        model = auto_class.from_pretrained(str(path))
-    else:
-        raise UserError(
-            f"model: {str(path)!r} has neither config.json nor adapter_config.json; is it a trained model?"
-        )
-    processor = load_image_processor(str(path)) if image else load_tokenizer(str(path))
-    return model.eval(), processor
-
-
-def _load_adapter(path: Path, auto_class):
-    """The base model (its packaged copy offline) built as the classifier the adapter was trained on, from
-    :data:`CLASSIFIER_CONFIG` (labels, sizes), then the adapter on it. Without that file (older exports) the base
-    config is used as it is."""
-    import json
-
-    from peft import PeftConfig, PeftModel
-    from transformers import AutoConfig
-
-    from .backbones import _load_error, resolve_model_path
-
-    base_id = PeftConfig.from_pretrained(str(path)).base_model_name_or_path
-    base_path = resolve_model_path(base_id)
-    try:
-        if (path / CLASSIFIER_CONFIG).is_file():
-            values = json.loads((path / CLASSIFIER_CONFIG).read_text(encoding="utf-8"))
-            config = AutoConfig.for_model(values.pop("model_type"), **values)
-        else:
-            config = AutoConfig.from_pretrained(base_path)
-        # The new head is not in the base checkpoint (or has the base's class count); the adapter brings it.
-        base = auto_class.from_pretrained(base_path, config=config, ignore_mismatched_sizes=True)
-    except (OSError, ValueError) as err:
-        raise _load_error(base_id, err) from None
-    return PeftModel.from_pretrained(base, str(path))
-
-
 def _evaluation_device(device: str | torch.device | None) -> torch.device:
     """``device`` checked before anything loads; ``None``: the GPU when there is one, else the CPU."""
     if device is None:
@@ -436,8 +330,9 @@ def evaluate(
     """
     from tqdm.auto import tqdm
 
-    from .data import LabelSpace, encode_labels, load_table, require_column
+    from .data import load_table, require_column
     from .evaluation import read_model_folder, resolve_settings
+    from .tasks import get_task
 
     if batch_size < 1:
         raise RecipeError(f"batch_size: must be >= 1, got {batch_size}")
@@ -449,36 +344,19 @@ def evaluate(
     files = read_model_folder(model_dir)
     s = resolve_settings(model_dir, files, text_column=text_column, text_pair_column=text_pair_column,
                          label_column=label_column, image_column=image_column, max_length=max_length, metrics=metrics)
-    suite = build_compute_metrics(s.metrics)
+    task = get_task(s.task)  # the folder's task (its recipe.yaml), or image classification for --image_column
+    suite = task.compute_metrics(s.metrics)
     table = load_table(data, field="data", split=split, config=config)
-    inputs = [(s.image_column, "image_column")] if s.image_column else [(s.text_column, "text_column")]
-    if s.text_pair_column and not s.image_column:
-        inputs.append((s.text_pair_column, "text_pair_column"))
-    for column, option in [*inputs, (s.label_column, "label_column")]:
+    for column, option in [*task.evaluation_columns(s), (s.label_column, "label_column")]:
         require_column(table, column, field="data", spec=data, option=option)
 
     model, processor = load_trained(model_dir)
     model.to(device)
     id2label = {int(k): v for k, v in model.config.id2label.items()}
-    suite.id2label = id2label  # entity metrics read a token classifier's tags by name
-    names = [id2label[i] for i in range(len(id2label))]
-    space = LabelSpace(names, from_strings=any(isinstance(v, str) for v in table[s.label_column]))
-    table = encode_labels(table, s.label_column, space, field="data", spec=data)
-    labels = np.asarray(table["labels"])
-    if s.image_column:
-        from .vision.data import ImageCollator, select_image_column
-
-        images, collate = select_image_column(table, s.image_column, keep=()), ImageCollator(processor)
-
-        def batch_inputs(start: int, stop: int) -> dict[str, Any]:
-            return collate([images[i] for i in range(start, stop)])
-    else:
-        texts = table[s.text_column]
-        pairs = table[s.text_pair_column] if s.text_pair_column else None
-
-        def batch_inputs(start: int, stop: int) -> dict[str, Any]:
-            return dict(processor(texts[start:stop], pairs[start:stop] if pairs is not None else None,
-                                  truncation=True, max_length=s.max_length, padding=True, return_tensors="pt"))
+    if hasattr(suite, "id2label"):
+        suite.id2label = id2label  # entity metrics read a token classifier's tags by name
+    table, labels = task.evaluation_labels(table, s.label_column, id2label, spec=data)
+    batch_inputs = task.evaluation_inputs(table, processor, s)
 
     logits = []
     # disable=None: a bar on a terminal, none when stderr is a file or a pipe

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,31 +34,14 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 
 from .backbones import FeatureTap, encoder_layers, layerwise_lr_groups, set_trainable_top_layers
-from .distributed import gather_step_batch, global_mean_scale
+from .distributed import gather_step_batch
 from .errors import TrainingDivergedError
+from .losses import single_label_rows, weighted_cross_entropy  # noqa: F401  (also named here)
 from .methods import StepBatch, TransferMethod
 
 METHOD_STATE_FILE = "transfer_methods.safetensors"
 #: Under FSDP and DeepSpeed the method stack becomes a submodule of the model by this name (TransferTrainer.__init__).
 METHODS_SUBMODULE = "hf_transfer_methods"
-
-
-def weighted_cross_entropy(
-    logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None, *, global_batch: bool = False
-) -> torch.Tensor:
-    """Mean cross-entropy over the rows not labelled -100, or the weight-normalised mean ``sum(w_i * ce_i) / sum(w_i)``
-    when weights are given (rows labelled -100 must then weigh 0).
-
-    ``global_batch``: under data parallelism, return this process's share of the mean over *all* processes' rows
-    (normalised by the global row count or weight total), so that DDP's gradient average is exactly the gradient of
-    the global mean whatever the shard sizes (see :mod:`hf_transfer.distributed`). Every process must call it.
-    """
-    losses = F.cross_entropy(logits, labels, reduction="none")  # 0 on rows labelled -100
-    weights = (labels != -100).to(losses.dtype) if weights is None else weights.to(losses.dtype)
-    total = (losses * weights).sum()  # 0, still attached to the graph, on a batch without labelled rows
-    if global_batch:
-        return total * global_mean_scale(weights.sum())
-    return total / weights.sum().clamp_min(1e-12)
 
 
 def exact_eval_loss(predictions, label_ids) -> float | None:
@@ -199,6 +183,9 @@ class TransferTrainer(Trainer):
         extra_eval_metrics: ``(trainer) -> {name: value}``, called at every evaluation of the trainer's own eval
             sets (not when ``evaluate`` is given a dataset); the values are logged and returned as ``eval_<name>``,
             so ``metric_for_best_model: <name>`` can use them. Must return the same values on every process.
+        task: the recipe's :class:`hf_transfer.tasks.Task`; its ``labelled_rows``, ``task_loss`` and ``method_rows``
+            hooks say which rows carry labels, the supervised loss, and the rows the methods see. ``None``:
+            single-label classification (the cross-entropy), one row per example.
         *args, **kwargs: as for ``transformers.Trainer``.
     """
 
@@ -209,15 +196,20 @@ class TransferTrainer(Trainer):
         feature_module: nn.Module | None = None,
         layerwise_lr_decay: float = 1.0,
         extra_eval_metrics: Callable[[Trainer], dict[str, float]] | None = None,
+        task: Any = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        # The recipe's task (hf_transfer.tasks): which rows are labelled, the task loss, and the rows methods see.
+        # None: single-label classification, one row per example.
+        self.task = task
         # Our loss is a per-batch mean: let the Trainer divide it for gradient accumulation as usual.
         self.model_accepts_loss_kwargs = False
         self.method_stack = MethodStack(methods or {}).to(self.args.device)
         self._method_runner: nn.Module = self.method_stack
         self.layerwise_lr_decay = layerwise_lr_decay
-        self._tap = FeatureTap(feature_module) if methods else None
+        # The model too: on a decoder-only classifier its input_ids say which token the head classifies.
+        self._tap = FeatureTap(feature_module, model=self.model) if methods else None
         # Batch keys the methods read themselves (StepBatch.extras); the model's forward must not receive them.
         self._method_batch_keys = sorted({key for m in self.method_stack.methods.values() for key in m.batch_keys})
         self._log_sums: dict[str, float] = defaultdict(float)
@@ -243,13 +235,19 @@ class TransferTrainer(Trainer):
 
     # ---- optimisation ----------------------------------------------------------------------------------------
 
+    def layerwise_groups(self, model: nn.Module) -> Callable[..., list[dict[str, Any]]]:
+        """The function that splits ``model``'s parameters into layer-wise learning-rate groups
+        (:func:`hf_transfer.backbones.layerwise_lr_groups`: a classifier's backbone found by its prefix); a trainer
+        of another kind of model (multi-task) returns its own."""
+        return layerwise_lr_groups
+
     def create_optimizer(self, model=None):
         opt_model = self.model if model is None else model
         if self.optimizer is None and self.layerwise_lr_decay < 1.0:
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
             decay_names = set(self.get_decay_parameter_names(opt_model))
             no_decay = {n for n, _ in opt_model.named_parameters() if n not in decay_names}
-            groups = layerwise_lr_groups(
+            groups = self.layerwise_groups(opt_model)(
                 opt_model,
                 learning_rate=self.args.learning_rate,
                 decay=self.layerwise_lr_decay,
@@ -285,43 +283,60 @@ class TransferTrainer(Trainer):
         # only that method reads their outputs (through its own hook); the losses here cover the first len(labels).
         rows = labels.shape[0]
         logits = outputs.logits[:rows]
-        if domain is None:
-            domain = torch.zeros_like(labels)
+        if domain is None:  # one domain per row (a multi-label row's labels are a vector)
+            domain = torch.zeros(rows, dtype=torch.long, device=labels.device)
         # Target rows and unlabelled rows weigh 0 in the task loss. Weighting rather than selecting the source rows
         # (logits[domain == 0]) keeps the step free of host reads: a boolean-mask select waits on the device.
-        labelled = (domain == 0) & (labels != -100)
+        task = self.task
+        labelled = (domain == 0) & (single_label_rows(labels) if task is None else task.labelled_rows(labels))
         row_weight = labelled.to(torch.float32) if weights is None else weights.float() * labelled
         # Several processes: the task loss and every method's loss are those of the global batch (see
         # hf_transfer.distributed), so N processes train like one with the same global batch.
         global_batch = model.training and self.accelerator.num_processes > 1
-        task_loss = weighted_cross_entropy(
-            logits, labels.masked_fill(~labelled, -100), row_weight, global_batch=global_batch
-        )
+        if task is None:
+            task_loss = weighted_cross_entropy(
+                logits, labels.masked_fill(~labelled, -100), row_weight, global_batch=global_batch
+            )
+        else:
+            task_loss = task.task_loss(logits, labels, labelled, row_weight, global_batch=global_batch)
         loss = task_loss
         terms = {"task_loss": task_loss}
         if model.training and self._tap is not None:
-            batch = StepBatch(
-                logits=logits,
-                features=self._tap.pop()[:rows],
-                labels=labels,
-                domain=domain,
-                sample_weight=weights,
-                progress=self._progress(),
-                inputs={k: v[:rows] for k, v in inputs.items() if torch.is_tensor(v) and v.dim() > 0},
-                extras=extras,
-            )
-            if global_batch:
-                batch = gather_step_batch(batch)
-            aux_loss, logs = self._method_runner(batch)
-            loss = loss + aux_loss
-            for key, value in logs.items():
-                self._accumulate(key, value)
-            terms.update({k: v for k, v in logs.items() if k.endswith("/loss")})
+            features = self._tap.pop()[:rows]
+            if task is not None:  # a token task makes its tokens the rows (one domain and weight each)
+                rows_of = task.method_rows(logits=logits, features=features, labels=labels, domain=domain,
+                                           sample_weight=weights, inputs=inputs)
+                logits, features, labels, domain, weights = (rows_of.logits, rows_of.features, rows_of.labels,
+                                                             rows_of.domain, rows_of.sample_weight)
+            step_inputs = {k: v[:rows] for k, v in inputs.items() if torch.is_tensor(v) and v.dim() > 0}
+            loss = loss + self.method_loss(logits, features, labels, domain, weights, step_inputs, extras, terms)
         if model.training:
             self._accumulate("task_loss", task_loss.detach())
             terms["total loss"] = loss
             self.loss_guard.observe(self.state.global_step + 1, terms)
         return (loss, outputs) if return_outputs else loss
+
+    def method_loss(self, logits, features, labels, domain, sample_weight, inputs, extras, terms) -> torch.Tensor:
+        """The method stack's loss on a training batch's rows (a :class:`StepBatch`, gathered over the processes so
+        that every method sees the global batch), its scalars logged and its ``*/loss`` terms added to ``terms``
+        (what the non-finite check watches). Subclasses with another forward pass (multi-task) call it too."""
+        batch = StepBatch(
+            logits=logits,
+            features=features,
+            labels=labels,
+            domain=domain,
+            sample_weight=sample_weight,
+            progress=self._progress(),
+            inputs=inputs,
+            extras=extras,
+        )
+        if self.accelerator.num_processes > 1:
+            batch = gather_step_batch(batch)
+        aux_loss, logs = self._method_runner(batch)
+        for key, value in logs.items():
+            self._accumulate(key, value)
+        terms.update({k: v for k, v in logs.items() if k.endswith("/loss")})
+        return aux_loss
 
     def _progress(self) -> float:
         max_steps = self.state.max_steps or 0

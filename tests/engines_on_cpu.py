@@ -40,7 +40,8 @@ def _engine_on_cpu(self, *args, fsdp_plugin=None, deepspeed_plugin=None, **kwarg
 
 
 accelerate.state.AcceleratorState.__init__ = _engine_on_cpu
-hf_transfer.launch_check._machine_problems = lambda *args, **kwargs: []
+# The launched process applies the machine rules from hf_transfer.engine_rules (launch_check re-exports them).
+hf_transfer.engine_rules._machine_problems = lambda *args, **kwargs: []
 
 if __name__ == "__main__":
     from hf_transfer.cli import main

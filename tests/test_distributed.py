@@ -67,8 +67,11 @@ def worker(rank: int, init_file: str, queue) -> None:
         grads = [features.grad / world_size(), logits.grad / world_size()]
         share = weighted.detach().clone()
         dist.all_reduce(share)
-        queue.put((rank, {k: getattr(full, k).detach() for k in ("features", "labels", "domain", "sample_weight")},
-                   float(mmd.detach()), float(share) / 2, grads))
+        # As numpy arrays, which pickle by value: a tensor on a queue is sent as a shared-memory handle that this
+        # process serves, and it may have exited by the time a busy parent reads the queue.
+        queue.put((rank, {k: getattr(full, k).detach().numpy() for k in ("features", "labels", "domain",
+                                                                          "sample_weight")},
+                   float(mmd.detach()), float(share) / 2, [g.numpy() for g in grads]))
     finally:
         dist.destroy_process_group()
 
@@ -88,11 +91,12 @@ def test_global_batch_and_gradients_match_one_process(tmp_path):
     for rank in range(2):
         gathered, mmd, weighted_mean, _ = results[rank]
         for key, value in gathered.items():
-            torch.testing.assert_close(value, x[key])  # every row once, in rank order: none padded in
+            # every row once, in rank order: none padded in
+            torch.testing.assert_close(torch.from_numpy(value), x[key])
         assert mmd == pytest.approx(ref_mmd, rel=1e-6)
         assert weighted_mean == pytest.approx(ref_weighted, rel=1e-6)
-    feature_grad = torch.cat([results[r][3][0] for r in range(2)])
-    logit_grad = torch.cat([results[r][3][1] for r in range(2)])
+    feature_grad = torch.cat([torch.from_numpy(results[r][3][0]) for r in range(2)])
+    logit_grad = torch.cat([torch.from_numpy(results[r][3][1]) for r in range(2)])
     torch.testing.assert_close(feature_grad, ref_feature_grad)
     torch.testing.assert_close(logit_grad, ref_logit_grad)
 

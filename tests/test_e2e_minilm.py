@@ -26,10 +26,13 @@ def run(cmd, cwd, env_extra=None):
 
 @pytest.mark.slow
 def test_finetune_recipe_transfers_to_an_unseen_domain_and_pipeline_loads(tmp_path):
+    # max_length 64: the restaurant reviews are 26 words at most, so their evaluation and the pipeline below see
+    # every token; the book reviews train on their first 64 tokens, half the work of 128 (target accuracy measured
+    # 0.81 over the 0.75 asked).
     out_dir = tmp_path / "books2restaurants"
     run([sys.executable, "-m", "hf_transfer", "train", str(REPO / "recipes/text_classification/finetune.yaml"),
          "--source_data", str(BOOKS), "--target_data", str(RESTAURANTS), "--output_dir", str(out_dir),
-         "--max_steps", "80", "--max_length", "128", "--save_strategy", "no", "--disable_tqdm", "true"],
+         "--max_steps", "80", "--max_length", "64", "--save_strategy", "no", "--disable_tqdm", "true"],
         cwd=REPO, env_extra={"PYTHONPATH": str(REPO)})
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert metrics["train_steps"] == 80

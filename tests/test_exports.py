@@ -18,45 +18,52 @@ from tests.vision.conftest import digits_npz, image_recipe, tiny_vit_dir  # noqa
 
 TEXTS = ["The kettle boils fast and pours cleanly.", "A dull, confusing book; I gave up halfway."]
 
-# Run in a fresh interpreter: loads the export the way a user would, with transformers / peft only.
+# Run in a fresh interpreter: loads exports the way a user would, with transformers / peft only. Several folders in
+# one process (each loaded on its own, nothing shared between them): each interpreter costs seconds to start.
 LOADER = r"""
 import json, sys
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
-kind, folder, texts = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-tokenizer = AutoTokenizer.from_pretrained(folder)
-if kind == "adapter":
-    from peft import AutoPeftModelForSequenceClassification
+def load(kind, folder, texts):
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if kind == "adapter":
+        from peft import AutoPeftModelForSequenceClassification
 
-    # The adapter's classifier_config.json holds the labels the base config lacks; from_pretrained passes them on.
-    labels = json.load(open(f"{folder}/classifier_config.json"))
-    id2label = {int(k): v for k, v in labels["id2label"].items()}
-    label_kwargs = {"id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
-    model = AutoPeftModelForSequenceClassification.from_pretrained(folder, **label_kwargs)
-    classifier = pipeline("text-classification", model=model, tokenizer=tokenizer)
-    # transformers' own PEFT integration: the pipeline finds the adapter and its base from the folder alone.
-    by_folder = pipeline("text-classification", model=folder, model_kwargs=label_kwargs)
-else:
-    model = AutoModelForSequenceClassification.from_pretrained(folder)
-    classifier = by_folder = pipeline("text-classification", model=folder)
-model.eval()
-with torch.no_grad():
-    logits = model(**tokenizer(texts, return_tensors="pt", padding=True)).logits.tolist()
+        # The adapter's classifier_config.json holds the labels the base config lacks; from_pretrained passes them on.
+        labels = json.load(open(f"{folder}/classifier_config.json"))
+        id2label = {int(k): v for k, v in labels["id2label"].items()}
+        label_kwargs = {"id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
+        model = AutoPeftModelForSequenceClassification.from_pretrained(folder, **label_kwargs)
+        classifier = pipeline("text-classification", model=model, tokenizer=tokenizer)
+        # transformers' own PEFT integration: the pipeline finds the adapter and its base from the folder alone.
+        by_folder = pipeline("text-classification", model=folder, model_kwargs=label_kwargs)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(folder)
+        classifier = by_folder = pipeline("text-classification", model=folder)
+    model.eval()
+    with torch.no_grad():
+        logits = model(**tokenizer(texts, return_tensors="pt", padding=True)).logits.tolist()
+    return {"logits": logits, "labels": [p["label"] for p in classifier(texts)],
+            "folder_labels": [p["label"] for p in by_folder(texts)],
+            "id2label": {int(k): v for k, v in model.config.id2label.items()}}
+
+jobs, texts = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+loaded = {folder: load(kind, folder, texts) for kind, folder in jobs}
 assert "hf_transfer" not in sys.modules
-print(json.dumps({"logits": logits, "labels": [p["label"] for p in classifier(texts)],
-                  "folder_labels": [p["label"] for p in by_folder(texts)],
-                  "id2label": {int(k): v for k, v in model.config.id2label.items()}}))
+print(json.dumps(loaded))
 """
 
 
-def load_in_fresh_process(kind: str, folder: Path) -> dict:
-    done = subprocess.run([sys.executable, "-c", LOADER, kind, str(folder), json.dumps(TEXTS)], capture_output=True,
-                          text=True, timeout=300, cwd=folder.parent.parent)
+def load_in_fresh_process(jobs: list[tuple[str, Path]], cwd: Path) -> dict[Path, dict]:
+    """Each ``(kind, folder)`` of ``jobs`` ("adapter" or "full") loaded in one fresh process, by folder."""
+    done = subprocess.run([sys.executable, "-c", LOADER, json.dumps([(k, str(f)) for k, f in jobs]),
+                           json.dumps(TEXTS)], capture_output=True, text=True, timeout=300, cwd=cwd)
     assert done.returncode == 0, done.stderr[-3000:]
     loaded = json.loads(done.stdout.strip().splitlines()[-1])
-    loaded["id2label"] = {int(k): v for k, v in loaded["id2label"].items()}  # JSON keys are strings
-    return loaded
+    for result in loaded.values():
+        result["id2label"] = {int(k): v for k, v in result["id2label"].items()}  # JSON keys are strings
+    return {Path(folder): result for folder, result in loaded.items()}
 
 
 def reference_logits(model, tokenizer) -> torch.Tensor:
@@ -81,29 +88,49 @@ def _recipe(tiny_model_dir, review_files, source, out, **extra) -> dict:
 
 LORA = {"peft": {"r": 4, "lora_alpha": 8, "target_modules": ["query", "value"]}}
 THREE = ["negative", "neutral", "positive"]
+NAMES = {2: ["negative", "positive"], 3: THREE}
+
+
+@pytest.fixture(scope="module")
+def text_exports(tiny_model_dir, review_files, three_class_file, tmp_path_factory) -> dict:
+    """The text exports the reload tests share, by name: adapters of 2 and 3 classes (merged too) and a full
+    3-class model, each with the trained model's logits on TEXTS; then every folder loaded in one fresh process
+    (``loaded``, by folder)."""
+    folder = tmp_path_factory.mktemp("exports")
+    runs = {}
+    for classes in (2, 3):
+        source = three_class_file if classes == 3 else review_files["source"]
+        runs[f"adapter{classes}"] = hf_transfer.train(
+            _recipe(tiny_model_dir, review_files, source, folder / f"adapter{classes}" / "out",
+                    class_names=NAMES[classes], merge_adapter=True, **LORA))
+    runs["full3"] = hf_transfer.train(_recipe(tiny_model_dir, review_files, three_class_file,
+                                              folder / "full3" / "out", class_names=THREE))
+    exports = {name: {"result": result, "out": result.output_dir,
+                      "expected": reference_logits(result.model, result.tokenizer)} for name, result in runs.items()}
+    jobs = [("adapter", exports["adapter2"]["out"]), ("full", exports["adapter2"]["out"] / "merged"),
+            ("adapter", exports["adapter3"]["out"]), ("full", exports["adapter3"]["out"] / "merged"),
+            ("full", exports["full3"]["out"])]
+    exports["loaded"] = load_in_fresh_process(jobs, cwd=folder)
+    return exports
 
 
 @pytest.mark.parametrize("classes", [2, 3])
-def test_adapter_reloads_without_hf_transfer_with_its_class_names(classes, tiny_model_dir, review_files,
-                                                                   three_class_file, tmp_path):
-    source = three_class_file if classes == 3 else review_files["source"]
-    names = THREE if classes == 3 else ["negative", "positive"]
-    result = hf_transfer.train(_recipe(tiny_model_dir, review_files, source, tmp_path / "run" / "out",
-                                       class_names=names, merge_adapter=True, **LORA))
-    out = result.output_dir
+def test_adapter_reloads_without_hf_transfer_with_its_class_names(classes, tiny_model_dir, text_exports):
+    names = NAMES[classes]
+    export = text_exports[f"adapter{classes}"]
+    out, expected = export["out"], export["expected"]
     adapter_config = json.loads((out / "adapter_config.json").read_text())
     # A local base folder is its own "Hub id": recorded absolute, so the adapter loads from any working directory.
     assert adapter_config["base_model_name_or_path"] == str(Path(tiny_model_dir).resolve())
-    expected = reference_logits(result.model, result.tokenizer)
     assert expected.shape == (2, classes)
 
-    loaded = load_in_fresh_process("adapter", out)
+    loaded = text_exports["loaded"][out]
     torch.testing.assert_close(torch.tensor(loaded["logits"]), expected, rtol=1e-4, atol=1e-5)
     assert loaded["id2label"] == dict(enumerate(names))
     predicted = [names[i] for i in expected.argmax(-1).tolist()]
     assert loaded["labels"] == predicted and loaded["folder_labels"] == predicted
 
-    merged = load_in_fresh_process("full", out / "merged")
+    merged = text_exports["loaded"][out / "merged"]
     torch.testing.assert_close(torch.tensor(merged["logits"]), expected, rtol=1e-4, atol=1e-5)
     assert merged["id2label"] == dict(enumerate(names)) and merged["labels"] == predicted
 
@@ -112,12 +139,11 @@ def test_adapter_reloads_without_hf_transfer_with_its_class_names(classes, tiny_
     torch.testing.assert_close(reference_logits(model, tokenizer), expected, rtol=1e-4, atol=1e-5)
 
 
-def test_full_three_class_export_reloads_without_hf_transfer(tiny_model_dir, review_files, three_class_file, tmp_path):
-    result = hf_transfer.train(_recipe(tiny_model_dir, review_files, three_class_file, tmp_path / "run" / "out",
-                                       class_names=THREE))
-    assert not (result.output_dir / "adapter_config.json").exists()
-    expected = reference_logits(result.model, result.tokenizer)
-    loaded = load_in_fresh_process("full", result.output_dir)
+def test_full_three_class_export_reloads_without_hf_transfer(text_exports):
+    export = text_exports["full3"]
+    assert not (export["out"] / "adapter_config.json").exists()
+    expected = export["expected"]
+    loaded = text_exports["loaded"][export["out"]]
     torch.testing.assert_close(torch.tensor(loaded["logits"]), expected, rtol=1e-4, atol=1e-5)
     assert loaded["id2label"] == dict(enumerate(THREE))
     assert loaded["labels"] == [THREE[i] for i in expected.argmax(-1).tolist()]

@@ -439,7 +439,8 @@ def test_a_task_list_recipe_is_checked_too(tmp_path, no_model_loads, review_file
     out = tmp_path / "out"
     out.mkdir()
     (out / "config.json").write_text("{}")
-    recipe = {"model_name_or_path": tiny_model_dir, "output_dir": str(out), "use_cpu": True,
+    # max_length within the tiny model's 128 positions: the shared model checks run for task lists too
+    recipe = {"model_name_or_path": tiny_model_dir, "output_dir": str(out), "use_cpu": True, "max_length": 64,
               "tasks": [{"name": "books", "data": review_files["source"]},
                         {"name": "kitchen", "data": review_files["target"]}]}
     with pytest.raises(RecipeError, match=r"^output_dir: .* already holds a model export"):

@@ -62,6 +62,18 @@ def test_train_refuses_max_length_before_reading_data(tiny_model_dir, tmp_path, 
                "max_length": 4096, "output_dir": str(tmp_path / "out"), "max_steps": 1})
 
 
+@pytest.mark.parametrize("family_keys", [{"sharing": "hard"}, {"lifelong_method": "naive"}])
+def test_task_list_recipes_get_the_same_model_checks(family_keys, tiny_model_dir, tmp_path):
+    """Every family shares the preflight: a multi-task or lifelong recipe with a max_length beyond the model's
+    positions is refused before its task files are read (they do not exist)."""
+    from hf_transfer import train
+
+    tasks = [{"name": n, "data": str(tmp_path / f"{n}.jsonl")} for n in ("books", "dvd")]
+    with pytest.raises(RecipeError, match=r"^max_length: 4096 tokens, but .* has positions for 128"):
+        train({"model_name_or_path": tiny_model_dir, "tasks": tasks, "max_length": 4096,
+               "output_dir": str(tmp_path / "out"), **family_keys})
+
+
 def test_fp16_needs_an_accelerator(monkeypatch):
     import hf_transfer.preflight as preflight
 

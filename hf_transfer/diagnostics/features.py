@@ -2,7 +2,7 @@
 
 Features are the mean-pooled last hidden state of the model's backbone (the sentence-embedding view, what
 ``instance_weighting`` estimates its weights on) or, for a trained classifier, the input of its classification head
-(``kind="head_input"``). The forward pass is :func:`hf_transfer.methods.instance_weighting.embed`: batched, without
+(``kind="head_input"``). The forward pass is :func:`hf_transfer.embedding.embed`: batched, without
 gradients, with a progress bar.
 """
 
@@ -138,7 +138,7 @@ def extract_features(
     from datasets import Dataset
 
     from ..data import TransferCollator, tokenize
-    from ..methods.instance_weighting import embed
+    from ..embedding import embed
 
     if kind not in FEATURE_KINDS:
         raise ValueError(f"kind: unknown feature kind {kind!r}; choose one of {', '.join(FEATURE_KINDS)}")

@@ -202,7 +202,7 @@ def diagnose(
 
     trained = None
     if trained_model is not None:
-        from ..run import load_trained
+        from ..tasks import load_trained
 
         trained = load_trained(trained_model)
     results["interpretability"] = _interpret(best_src, tgt, target_labels, xs_best, xt_best, trained,

@@ -40,7 +40,7 @@ class BeforeAfterPlot:
 
     def __init__(self, model, source, target, collator, *, seed: int = 0, rows: int = DEFAULT_ROWS,
                  batch_size: int = 64, disable_progress: bool = False):
-        from ..methods.instance_weighting import embed
+        from ..embedding import embed
 
         self.source, self.target = _sample(source, rows, seed), _sample(target, rows, seed)
         self.collator, self.seed, self.batch_size = collator, seed, batch_size
@@ -51,7 +51,7 @@ class BeforeAfterPlot:
                        embed(model, self.target, desc="t-SNE target (before)", **common))
 
     def write(self, model, output_dir: str | os.PathLike) -> Path:
-        from ..methods.instance_weighting import embed
+        from ..embedding import embed
         from .plots import tsne_plot
 
         common = dict(collator=self.collator, kind="mean", batch_size=self.batch_size, device=_device(model),

@@ -7,11 +7,18 @@
   and its accuracy matrix out (docs/meta_lifelong.md).
 """
 
+from ..families import FamilySpec, register_family
 from .metrics import average_accuracy, backward_transfer, forgetting, plot_accuracy_matrix, summarize
-from .recipe import LIFELONG_METHODS, LifelongArguments, LifelongRecipe
+from .recipe import LIFELONG_METHODS, LifelongArguments, LifelongRecipe, load_lifelong_recipe
 from .regularizers import EWC, L2SP, fisher_diagonal
 from .replay import ReplayBuffer
 from .trainer import train_lifelong
+
+register_family(FamilySpec(
+    "lifelong", selected_by="lifelong_method", load_recipe=load_lifelong_recipe, train=train_lifelong,
+    config_class=LifelongArguments, priority=10, doc="docs/meta_lifelong.md",
+    summary="Tasks learned one after another without forgetting (`lifelong_method:` with a `tasks:` list)",
+))
 
 __all__ = [
     "EWC",

@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..engine_rules import check_launched_engine
 from ..errors import RecipeError, unknown_choice
-from ..launch_check import check_launched_engine
-from ..meta.recipe import TaskListRecipe, load_task_list_recipe
+from ..tasklists.recipe import FREEZING_FIELDS, TaskListRecipe, load_task_list_recipe
 
 LIFELONG_METHODS = ("naive", "adapter", "ewc", "l2sp", "replay")
 
@@ -63,6 +63,8 @@ class LifelongArguments:
 class LifelongRecipe(TaskListRecipe):
     """A lifelong recipe (``lifelong_method`` present)."""
 
+    family = "lifelong"
+
     @property
     def lifelong(self) -> LifelongArguments:
         return self.args
@@ -71,7 +73,8 @@ class LifelongRecipe(TaskListRecipe):
 def load_lifelong_recipe(raw: dict[str, Any], overrides: dict[str, Any]) -> LifelongRecipe:
     """Parse a recipe with ``lifelong_method`` (see the module docstring)."""
     base, args, lists = load_task_list_recipe(raw, overrides, args_class=LifelongArguments, lists=("tasks",),
-                                              kind="lifelong", doc="docs/meta_lifelong.md")
+                                              kind="lifelong", doc="docs/meta_lifelong.md", accepts=FREEZING_FIELDS)
+    _check_freezing(base.model, args.lifelong_method)
     if args.lifelong_method == "adapter" and base.peft is not None and base.peft.get("peft_type") != "LORA":
         raise RecipeError(f"peft.peft_type: lifelong adapters are LoRA adapters, got {base.peft['peft_type']!r}")
     if args.lifelong_method != "adapter" and base.peft is not None:
@@ -81,3 +84,14 @@ def load_lifelong_recipe(raw: dict[str, Any], overrides: dict[str, Any]) -> Life
         raise RecipeError("tasks: a lifelong recipe needs at least two tasks in sequence")
     check_launched_engine(recipe_kind="lifelong")  # DDP only: FSDP / DeepSpeed launches are refused with the reason
     return LifelongRecipe(base, args, lists)
+
+
+def _check_freezing(plan: Any, method: str) -> None:
+    """Refuse a freezing plan with ``lifelong_method: adapter``, whose base is frozen already (one-line error)."""
+    chosen = [name for name in ("freeze_backbone", "trainable_layers", "gradual_unfreezing_steps")
+              if getattr(plan, name) not in (None, False)]
+    if plan.layerwise_lr_decay < 1.0:
+        chosen.append("layerwise_lr_decay")
+    if chosen and method == "adapter":
+        raise RecipeError(f"{chosen[0]}: not used with lifelong_method: adapter, whose base model is frozen already "
+                          "(only each task's LoRA adapter and head train); drop it, or choose another lifelong_method")

@@ -11,6 +11,10 @@ mixed precision, DDP and logging are the Trainer's), whose loss is the cross-ent
   ``<task>/adapter_config.json`` ...); nothing shared trains, so nothing is forgotten, at the price of knowing the
   task at inference.
 
+The freezing plans of a flat recipe apply to every method but ``adapter``: ``freeze_backbone`` and
+``trainable_layers`` hold for the whole sequence, ``gradual_unfreezing_steps`` starts again with each task (its head
+first), ``layerwise_lr_decay`` scales every task's optimizer.
+
 One classification head is shared by every task except with ``adapter`` (the domain-incremental setting: the tasks
 must have the same classes). The output folder holds the final model (a plain classifier, or the PEFT adapters, one
 per task), ``accuracy_matrix.json`` and ``accuracy_matrix.png``, ``metrics.json`` (average accuracy and forgetting
@@ -30,7 +34,6 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +41,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from datasets import Dataset, concatenate_datasets
-from transformers import Trainer, set_seed
+from transformers import set_seed
 
-from ..backbones import head_parameter_names, load_classifier, load_tokenizer
-from ..cards import portable_recipe_yaml
+from ..backbones import head_parameter_names, load_classifier, load_tokenizer, set_trainable_top_layers
 from ..data import MODEL_INPUT_KEYS
-from ..errors import DataError, RecipeError
-from ..hub import atomic_write_json, atomic_write_text, publish_folder, staging_dir, take_push_request
+from ..defaults import DEFAULT_LORA
+from ..errors import DataError
+from ..families import TrainResult
+from ..hub import atomic_write_json, discard_stage, finish_export, save_trainer_results, staging_dir
+from ..preamble import begin_run
+from ..tasklists.data import load_tasks, tokenize_tasks
+from ..tasklists.recipe import resolve_recipe
+from ..trainer import GradualUnfreezing, TransferTrainer
 from .metrics import plot_accuracy_matrix, summarize
 from .recipe import LifelongRecipe
 from .regularizers import EWC, L2SP
@@ -53,18 +61,9 @@ from .replay import ReplayBuffer
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class LifelongResult:
-    metrics: dict[str, Any]
-    matrix: np.ndarray
-    model: torch.nn.Module
-    tokenizer: Any
-    output_dir: Path
-    is_main_process: bool = True
-
-
-class PenaltyTrainer(Trainer):
-    """A Trainer whose loss is the cross-entropy plus ``penalty(model)`` (on the unwrapped model)."""
+class PenaltyTrainer(TransferTrainer):
+    """A Trainer whose loss is the cross-entropy plus ``penalty(model)`` (on the unwrapped model). A
+    :class:`~hf_transfer.trainer.TransferTrainer` without methods, for its ``layerwise_lr_decay`` optimizer."""
 
     def __init__(self, *args, penalty=None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -147,25 +146,23 @@ def accuracy(model: torch.nn.Module, table: Dataset, collate: Collator, *, batch
     return float(counts[0] / counts[1])
 
 
-def train_lifelong(recipe: LifelongRecipe | str | dict | None = None, **overrides: Any) -> LifelongResult:
-    """Learn a lifelong recipe's tasks in order (see the module docstring)."""
+def train_lifelong(recipe: LifelongRecipe | str | dict | None = None, *, callbacks: list | None = None,
+                   **overrides: Any) -> TrainResult:
+    """Learn a lifelong recipe's tasks in order (see the module docstring). ``callbacks`` join every task's
+    Trainer. Returns a :class:`~hf_transfer.families.TrainResult` whose ``extras`` hold the accuracy ``matrix``."""
     from transformers.trainer_utils import SaveStrategy
 
-    from ..meta.recipe import resolve_recipe
-    from ..multitask.data import load_tasks, tokenize_tasks
-
     recipe = resolve_recipe(recipe, overrides, LifelongRecipe, key="lifelong_method", kind="lifelong")
-    recipe_yaml = recipe.to_yaml()
+    # Snapshot, push request (token included), seed (hf_transfer/preamble.py). One Trainer per task: a checkpoint
+    # would hold one task's state only, so a lifelong run does not resume.
+    start = begin_run(recipe, resumable=False, family="lifelong")
+    recipe_yaml, push_requested = start.recipe_yaml, start.push
     args, ll = recipe.training, recipe.lifelong
     args.max_steps = ll.steps_per_task
     args.save_strategy = SaveStrategy.NO  # one Trainer per task: its checkpoints would collide
-    args.remove_unused_columns = False
-    if take_push_request(args) is not None:  # also takes any hub_token out of the arguments
-        raise RecipeError("push_to_hub: lifelong runs do not push by themselves yet; push the output folder "
-                          "afterwards with `hf-transfer push OUTPUT_DIR --hub_model_id USER/NAME`")
-    if not torch.cuda.is_available():
-        args.dataloader_pin_memory = False
-    set_seed(args.seed)
+    plan = recipe.model
+    if plan.gradual_unfreezing_steps:
+        args.ddp_find_unused_parameters = True  # layers join training mid-task
     tasks = load_tasks(recipe.tasks, seed=args.seed)
     method = ll.lifelong_method
     first = tasks[0]
@@ -182,6 +179,10 @@ def train_lifelong(recipe: LifelongRecipe | str | dict | None = None, **override
     model = load_classifier(recipe.model.model_name_or_path, num_labels=first.num_labels,
                             id2label=first.labels.id2label, revision=recipe.model.revision,
                             trust_remote_code=recipe.model.trust_remote_code)
+    if plan.freeze_backbone:  # the freezing plan holds for every task
+        set_trainable_top_layers(model, 0)
+    elif plan.trainable_layers is not None:
+        set_trainable_top_layers(model, plan.trainable_layers)
     collate = Collator(tokenizer)
     penalty, ewc, buffer = None, None, None
     if method == "ewc":
@@ -191,7 +192,7 @@ def train_lifelong(recipe: LifelongRecipe | str | dict | None = None, **override
         penalty = L2SP(model, head=head_parameter_names(model), alpha=ll.l2sp_alpha, beta=ll.l2sp_beta).penalty
     elif method == "replay":
         buffer = ReplayBuffer(ll.replay_size, seed=args.seed)
-    peft_block = {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "lora_dropout": 0.1, **(recipe.peft or {})}
+    peft_block = {"peft_type": "LORA", **DEFAULT_LORA, **(recipe.peft or {})}
 
     names = [t.name for t in tasks]
     matrix = np.full((len(tasks), len(tasks)), np.nan)
@@ -205,8 +206,13 @@ def train_lifelong(recipe: LifelongRecipe | str | dict | None = None, **override
         if buffer is not None and len(buffer):
             replayed = Dataset.from_list(buffer.rows()).cast(task.train.features)
             train_rows = concatenate_datasets([task.train, replayed])
+        # Gradual unfreezing starts again with each task: its head first, then one more layer from the top every
+        # gradual_unfreezing_steps steps of that task.
+        unfreezing = [GradualUnfreezing(model, plan.gradual_unfreezing_steps)] if plan.gradual_unfreezing_steps else []
         trainer = PenaltyTrainer(model=model, args=args, train_dataset=train_rows, data_collator=collate,
-                                 processing_class=tokenizer, penalty=penalty)
+                                 processing_class=tokenizer, penalty=penalty,
+                                 callbacks=list(callbacks or []) + unfreezing,
+                                 layerwise_lr_decay=plan.layerwise_lr_decay)
         trainer.train()
         model = trainer.accelerator.unwrap_model(trainer.model)
         processes = Processes(trainer.accelerator)
@@ -239,18 +245,22 @@ def train_lifelong(recipe: LifelongRecipe | str | dict | None = None, **override
     output_dir = Path(args.output_dir)
     if trainer.is_world_process_zero():
         stage = staging_dir(output_dir)
-        model.save_pretrained(stage)
-        tokenizer.save_pretrained(stage)
-        atomic_write_json(stage / "accuracy_matrix.json",
-                          {"tasks": names, "matrix": [[None if np.isnan(v) else float(v) for v in row]
-                                                      for row in matrix]})
-        plot_accuracy_matrix(matrix, names, stage / "accuracy_matrix.png", title=method)
-        atomic_write_json(stage / "metrics.json", metrics)
-        atomic_write_text(stage / "recipe.yaml", portable_recipe_yaml(recipe_yaml, public=False))
-        atomic_write_text(stage / "README.md", lifelong_card(recipe, metrics, names, recipe_yaml))
-        publish_folder(stage, output_dir)
+        try:
+            model.save_pretrained(stage)
+            tokenizer.save_pretrained(stage)
+            atomic_write_json(stage / "accuracy_matrix.json",
+                              {"tasks": names, "matrix": [[None if np.isnan(v) else float(v) for v in row]
+                                                          for row in matrix]})
+            plot_accuracy_matrix(matrix, names, stage / "accuracy_matrix.png", title=method)
+            save_trainer_results(trainer, metrics, stage)  # the last task's Trainer: its loss curve
+            card = lifelong_card(recipe, metrics, names, recipe_yaml)
+        except BaseException:
+            discard_stage(stage)
+            raise
+        finish_export(stage, output_dir, recipe_yaml=recipe_yaml, metrics=metrics, card=card, push=push_requested)
     trainer.accelerator.wait_for_everyone()
-    return LifelongResult(metrics, matrix, model, tokenizer, output_dir, trainer.is_world_process_zero())
+    return TrainResult(metrics, model, tokenizer, trainer, recipe, output_dir,
+                       extras={"matrix": matrix, "is_main_process": trainer.is_world_process_zero()})
 
 
 def _add_adapter(model, name: str, block: dict[str, Any]):
@@ -272,8 +282,8 @@ def _add_adapter(model, name: str, block: dict[str, Any]):
 def lifelong_card(recipe: LifelongRecipe, metrics: dict[str, Any], names: list[str], recipe_yaml: str) -> str:
     """The card of the final model of a task sequence: each task's accuracy after the last one in ``model-index``,
     the average accuracy and forgetting after every step, how to load the classifier or the per-task adapters."""
-    from .. import __version__
     from ..cards import PROJECT_URL, CardContent, EvalSet, build_card, display_path, hub_base_model, hub_link, where
+    from ..defaults import __version__
 
     base = recipe.model.model_name_or_path
     method = recipe.lifelong.lifelong_method

@@ -8,14 +8,21 @@
 * :func:`train_meta`: a recipe with ``meta_method`` in, a meta-trained encoder out (docs/meta_lifelong.md).
 """
 
+from ..families import FamilySpec, register_family
 from .episodes import Episode, EpisodeSampler, label_subset_tasks
 from .evaluation import FewShotResult, RowPool, evaluate_few_shot, mean_confidence_interval
 from .hypernet import HyperHead
 from .learner import ADAPT_METHODS, META_METHODS, EpisodicLearner, LearnerConfig
 from .maml import episode_head, fomaml_gradients, reptile_gradients, sgd_steps
 from .protonet import Embedder, pool, protonet_loss, prototype_logits, prototypes
-from .recipe import MetaArguments, MetaRecipe
+from .recipe import MetaArguments, MetaRecipe, load_meta_recipe
 from .trainer import load_meta_learner, train_meta
+
+register_family(FamilySpec(
+    "meta", selected_by="meta_method", load_recipe=load_meta_recipe, train=train_meta, config_class=MetaArguments,
+    priority=10, doc="docs/meta_lifelong.md",
+    summary="Meta-learning over many small tasks for few-shot use (`meta_method:` with `tasks:` / `test_tasks:`)",
+))
 
 __all__ = [
     "ADAPT_METHODS",

@@ -8,10 +8,11 @@ Both run an inner loop of plain SGD on an episode's support loss, starting from 
 * Reptile takes ``g = theta - phi_k``: with an outer SGD step of size ``eps`` this is ``theta <- theta + eps * (phi_k
   - theta)``, Reptile's update; with Adam it is the paper's "Reptile with Adam" variant.
 
-The meta-gradient is written into ``param.grad`` so that any outer optimiser (and the Accelerate loop in
-:mod:`hf_transfer.meta.trainer`, which all-reduces it across processes) takes the step. Which parameters adapt is the
-caller's choice: every trainable parameter of the encoder, only its LoRA parameters (a PEFT model: the base stays
-frozen, so memory stays flat), or only an episode head (``inner_params: head``, ANIL-style).
+The meta-gradient is written into ``param.grad`` so that any outer optimiser (and the
+:class:`~hf_transfer.meta.episodic_trainer.EpisodicTrainer`, which all-reduces it across processes) takes the step.
+Which parameters adapt is the caller's choice: every trainable parameter of the encoder, only its LoRA parameters (a
+PEFT model: the base stays frozen, so memory stays flat), or only an episode head (``inner_params: head``,
+ANIL-style).
 
 An episode's labels are a fresh permutation of its classes, so the classifier cannot be meta-learned as fixed
 weights; each episode gets a linear head initialised from the support prototypes (``W_j = 2 c_j``,

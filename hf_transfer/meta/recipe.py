@@ -25,18 +25,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from ..errors import RecipeError, unknown_choice
-from ..multitask.recipe import (
-    NOT_WITH_TASKS,
-    MultiTaskRecipe,
+from ..tasklists.recipe import (  # noqa: F401  (TaskListRecipe, resolve_recipe ... also importable from here)
+    TaskListRecipe,
     TaskSpec,
-    flat_task_recipe,
-    parse_family_fields,
-    parse_tasks,
+    load_task_list_recipe,
+    resolve_recipe,
 )
-from ..recipe import Recipe, _merge_dotted
 from .learner import ADAPT_METHODS, META_METHODS
 from .maml import HEAD_INITS, INNER_PARAMS
 from .protonet import DISTANCES, POOLINGS
@@ -110,35 +105,10 @@ class MetaArguments:
             raise RecipeError(f"eval_shots: every K must be >= 1, got {self.eval_shots}")
 
 
-@dataclass
-class TaskListRecipe:
-    """A recipe made of task lists: the shared parts (model, training, ``peft:``) as a :class:`Recipe`, the
-    recipe kind's own arguments, and the task lists by name (``tasks``, ``test_tasks`` ...)."""
-
-    base: Recipe
-    args: Any
-    task_lists: dict[str, list[TaskSpec]]
-
-    # The shared parts read exactly as a multi-task recipe's.
-    training = MultiTaskRecipe.training
-    model = MultiTaskRecipe.model
-    peft = MultiTaskRecipe.peft
-    max_length = MultiTaskRecipe.max_length
-
-    @property
-    def tasks(self) -> list[TaskSpec]:
-        return self.task_lists["tasks"]
-
-    def to_dict(self) -> dict[str, Any]:
-        """The flat recipe, as ``hf-transfer train`` reads it back. Tokens are never included."""
-        return flat_task_recipe(self.base, self.args, self.task_lists)
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
-
-
 class MetaRecipe(TaskListRecipe):
     """A meta-learning recipe (``meta_method`` present)."""
+
+    family = "meta"
 
     @property
     def meta(self) -> MetaArguments:
@@ -149,75 +119,18 @@ class MetaRecipe(TaskListRecipe):
         return self.task_lists.get("test_tasks", [])
 
 
-def resolve_recipe(recipe: Any, overrides: dict[str, Any], cls: type, *, key: str, kind: str) -> Any:
-    """``recipe`` as a parsed ``cls`` (a path, mapping or ``None`` is loaded with ``overrides``), or a clear error
-    when it is another kind of recipe."""
-    from ..errors import UserError
-    from ..recipe import load_recipe
-
-    if isinstance(recipe, cls):
-        if overrides:
-            raise UserError("overrides: pass them with a recipe path or mapping, not with a parsed recipe")
-        return recipe
-    parsed = load_recipe(recipe, overrides)
-    if not isinstance(parsed, cls):
-        raise UserError(f"{key}: this recipe has none; a {kind} recipe sets {key} (see docs/meta_lifelong.md)")
-    return parsed
-
-
-def load_task_list_recipe(raw: dict[str, Any], overrides: dict[str, Any], *, args_class: type,
-                          lists: tuple[str, ...], required: tuple[str, ...] = ("tasks",), kind: str,
-                          doc: str) -> tuple[Recipe, Any, dict[str, list[TaskSpec]]]:
-    """Parse a recipe with task lists: the shared fields through :func:`hf_transfer.recipe.load_recipe`, the
-    ``args_class`` fields, and each list of ``lists`` (``--<list>.<name or index>.<field>`` overrides)."""
-    from ..recipe import load_recipe
-
-    list_overrides = {k: v for k, v in overrides.items() if k.split(".", 1)[0] in lists and "." in k}
-    raw = _merge_dotted(dict(raw))
-    for key, value in _merge_dotted({k: v for k, v in overrides.items() if k not in list_overrides}).items():
-        raw[key] = {**raw[key], **value} if isinstance(value, dict) and isinstance(raw.get(key), dict) else value
-    entries: dict[str, list] = {}
-    for name in lists:
-        value = raw.pop(name, None)
-        if isinstance(value, str):  # given on the command line as YAML text
-            value = yaml.safe_load(value)
-        if value is None and name not in required:
-            entries[name] = []
-            continue
-        if not isinstance(value, list) or not value:
-            raise RecipeError(f"{name}: expected a list of task entries (- name: ..., data: ...), got "
-                              f"{type(value).__name__}; see {doc}")
-        entries[name] = value
-    for key, hint in NOT_WITH_TASKS.items():
-        if key in raw:
-            if key == "method":
-                hint = f"a {kind} recipe trains with its own objective; see {doc}"
-            raise RecipeError(f"{key}: not used in a {kind} recipe; {hint}")
-    args = parse_family_fields(raw, args_class, kind=kind, also_known=set(lists), doc=doc)
-    defaults = {k: raw[k] for k in ("text_column", "text_pair_column", "label_column") if raw.get(k) is not None}
-    if raw.get("text_pair_column") is None:
-        raw.pop("text_pair_column", None)
-    base = load_recipe(raw, None)
-    column_defaults = {"text_column": base.data.text_column, "label_column": base.data.label_column,
-                       "text_pair_column": base.data.text_pair_column, **defaults}
-    task_lists = {}
-    for name, value in entries.items():
-        own_overrides = {k: v for k, v in list_overrides.items() if k.startswith(f"{name}.")}
-        try:
-            task_lists[name] = parse_tasks(value, own_overrides, defaults=column_defaults) if value else []
-        except RecipeError as err:
-            message = str(err)
-            raise RecipeError(message.replace("tasks[", f"{name}[", 1) if name != "tasks" else message) from None
-        for i, spec in enumerate(task_lists[name]):
-            if spec.problem_type != "classification":
-                raise RecipeError(f"{name}[{i}].problem_type: {kind} tasks are classification tasks")
-    return base, args, task_lists
-
-
 def load_meta_recipe(raw: dict[str, Any], overrides: dict[str, Any]) -> MetaRecipe:
     """Parse a recipe with ``meta_method`` (see the module docstring)."""
     base, args, lists = load_task_list_recipe(raw, overrides, args_class=MetaArguments, lists=("tasks", "test_tasks"),
-                                              kind="meta-learning", doc="docs/meta_lifelong.md")
+                                              kind="meta-learning", doc="docs/meta_lifelong.md",
+                                              accepts=("trainable_layers",))
     if base.peft is not None and base.peft.get("peft_type") != "LORA":
         raise RecipeError(f"peft.peft_type: meta-learning adapts LoRA adapters, got {base.peft['peft_type']!r}")
+    layers = base.model.trainable_layers
+    if layers is not None and base.peft is not None:
+        raise RecipeError("trainable_layers: with a peft block only the LoRA parameters train (the base is frozen "
+                          "already); drop one of the two")
+    if layers == 0 and args.meta_method != "hypernet":
+        raise RecipeError(f"trainable_layers: 0 freezes the whole encoder, and meta_method {args.meta_method} "
+                          "meta-trains the encoder alone; use 1 or more (or meta_method: hypernet, whose head trains)")
     return MetaRecipe(base, args, lists)

@@ -1,17 +1,21 @@
 """``train_meta``: meta-train an encoder on episodes from a recipe's tasks, evaluate it few-shot on held-out tasks,
 and save it as a plain encoder.
 
-The outer loop runs under Accelerate: every process draws its own ``episodes_per_device`` episodes for a step
-(:meth:`~hf_transfer.meta.episodes.EpisodeSampler.for_process`), computes each episode's meta-gradient (by
-backpropagation for protonet and hypernet, by the inner loop for FOMAML and Reptile), the gradients are averaged over
-the step's episodes on all processes, and one optimiser step follows: N processes with E episodes each train like one
-process with N * E. The model is not wrapped in DDP: the inner loop updates the
-parameters in place, and an explicit all-reduce of the final meta-gradient is what DDP would do, once per step.
+The outer loop runs on the ``transformers.Trainer``
+(:class:`~hf_transfer.meta.episodic_trainer.EpisodicTrainer`): every process trains on its own
+``episodes_per_device`` episodes a step (:meth:`~hf_transfer.meta.episodes.EpisodeSampler.for_process`), computes
+each episode's meta-gradient (by backpropagation for protonet and hypernet, by the inner loop for FOMAML and
+Reptile), the gradients are averaged over the step's episodes on all processes, and one optimiser step follows: N
+processes with E episodes each train like one process with N * E. So a run logs (``report_to``, ``logging_steps``),
+checkpoints (``save_steps``), resumes (``resume_from_checkpoint``: a checkpoint folder or ``latest``) and pushes
+(``push_to_hub``) like every other run. The model is not wrapped in DDP: the inner loop updates the parameters in
+place, and an explicit all-reduce of the final meta-gradient is what DDP would do, once per step.
 
 The output folder holds the encoder as an ordinary ``AutoModel`` (LoRA merged in) with its tokenizer, so
 ``AutoModel.from_pretrained`` or sentence-transformers-style mean pooling uses it without hf_transfer;
 ``meta_config.json`` says how hf_transfer adapts it (:func:`load_meta_learner`), ``hypernet.safetensors`` holds the
-hypernetwork head, and ``metrics.json``, ``recipe.yaml`` and a model card sit beside them.
+hypernetwork head, and ``metrics.json``, ``trainer_state.json`` (the Trainer's state and ``log_history``),
+``recipe.yaml`` and a model card sit beside them; the run's ``checkpoint-N`` folders stay in it, never pushed.
 """
 
 from __future__ import annotations
@@ -22,17 +26,15 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..backbones import load_tokenizer, resolve_model_path
-from ..cards import portable_recipe_yaml
+from ..backbones import BackboneView, load_tokenizer, resolve_model_path, set_trainable_top_layers
 from ..errors import RecipeError, UserError
-from ..hub import atomic_write_json, atomic_write_text, publish_folder, staging_dir, take_push_request
+from ..hub import atomic_write_json, discard_stage, finish_export, save_trainer_results, staging_dir
 from .evaluation import RowPool, evaluate_few_shot
 from .hypernet import HyperHead
 from .learner import ADAPT_METHODS, DEFAULT_ADAPT, EpisodicLearner, LearnerConfig
@@ -45,13 +47,12 @@ META_CONFIG = "meta_config.json"
 HYPERNET_WEIGHTS = "hypernet.safetensors"
 
 
-@dataclass
-class MetaResult:
-    metrics: dict[str, Any]
-    learner: EpisodicLearner
-    tokenizer: Any
-    output_dir: Path
-    is_main_process: bool = True
+def __getattr__(name: str) -> Any:
+    if name == "MetaResult":  # the former name of what train_meta returns, now every family's TrainResult
+        from ..families import TrainResult
+
+        return TrainResult
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def learner_config(meta) -> LearnerConfig:
@@ -116,24 +117,30 @@ def _pools(tasks, tokenizer, device) -> tuple[list[RowPool], list[np.ndarray]]:
     return pools, labels
 
 
-def train_meta(recipe: MetaRecipe | str | os.PathLike | dict | None = None, **overrides: Any) -> MetaResult:
-    """Meta-train a recipe with ``meta_method`` end to end (see the module docstring)."""
-    from accelerate import Accelerator
-    from transformers import get_scheduler, set_seed
-
-    from ..multitask.data import load_tasks, tokenize_tasks
+def train_meta(recipe: MetaRecipe | str | os.PathLike | dict | None = None, *, callbacks: list | None = None,
+               **overrides: Any):
+    """Meta-train a recipe with ``meta_method`` end to end (see the module docstring): train on the Trainer
+    (:class:`~hf_transfer.meta.episodic_trainer.EpisodicTrainer`), evaluate few-shot, export, push if asked.
+    ``callbacks``: extra ``transformers.TrainerCallback`` objects. Returns a
+    :class:`~hf_transfer.families.TrainResult` (``extras``: ``learner``, ``is_main_process``)."""
+    from ..families import TrainResult
+    from ..preamble import begin_run
+    from ..tasklists.data import load_tasks, tokenize_tasks
     from .episodes import EpisodeSampler
+    from .episodic_trainer import EpisodeSteps, EpisodicTrainer
 
     recipe = resolve_recipe(recipe, overrides, MetaRecipe, key="meta_method", kind="meta-learning")
-    recipe_yaml = recipe.to_yaml()
     args, meta = recipe.training, recipe.meta
-    if take_push_request(args) is not None:  # also takes any hub_token out of the arguments
-        raise RecipeError("push_to_hub: meta-learning runs do not push by themselves yet; push the output folder "
-                          "afterwards with `hf-transfer push OUTPUT_DIR --hub_model_id USER/NAME`")
-    set_seed(args.seed)
+    _check_training_arguments(args)
+    # The shared preamble: recipe snapshot, push request (the token out of the arguments the checkpoints keep),
+    # `latest` -> the newest complete checkpoint, every column kept, the seed.
+    run_start = begin_run(recipe, family="meta")
+    recipe_yaml, push = run_start.recipe_yaml, run_start.push
+    steps = args.max_steps if args.max_steps > 0 else 100
+    args.max_steps = steps
+    args.per_device_train_batch_size = 1  # a batch is one step's episodes (episodes_per_device of them)
     tasks = load_tasks(recipe.tasks, seed=args.seed)
     test_tasks = load_tasks(recipe.test_tasks, seed=args.seed)
-    accelerator = Accelerator(cpu=args.use_cpu or not torch.cuda.is_available())
     tokenizer = load_tokenizer(recipe.model.model_name_or_path, revision=recipe.model.revision,
                                trust_remote_code=recipe.model.trust_remote_code)
     everything = tasks + test_tasks
@@ -141,74 +148,59 @@ def train_meta(recipe: MetaRecipe | str | os.PathLike | dict | None = None, **ov
                    progress=not args.disable_tqdm)
     encoder = load_encoder(recipe.model.model_name_or_path, peft=recipe.peft, revision=recipe.model.revision,
                            trust_remote_code=recipe.model.trust_remote_code)
-    learner = EpisodicLearner(Embedder(encoder, pooling=meta.pooling), learner_config(meta)).to(accelerator.device)
-    pools, labels = _pools(tasks, tokenizer, accelerator.device)
+    if recipe.model.trainable_layers is not None:
+        # Only the top layers meta-train and adapt (the inner loops and the outer step take trainable parameters).
+        set_trainable_top_layers(BackboneView("encoder", {"encoder": encoder}), recipe.model.trainable_layers)
+    learner = EpisodicLearner(Embedder(encoder, pooling=meta.pooling), learner_config(meta)).to(args.device)
+    pools, labels = _pools(tasks, tokenizer, "cpu")  # batches go to the device with the Trainer's inputs
     try:
         sampler = EpisodeSampler(labels, n_way=meta.n_way, k_shot=meta.k_shot, n_query=meta.n_query, seed=args.seed)
     except ValueError as err:
         raise UserError(f"k_shot/n_query: {err}") from None
-
+    episodes = EpisodeSteps(sampler, pools, steps=steps, num_processes=args.world_size,
+                            per_process=meta.episodes_per_device)
+    trainer = EpisodicTrainer(model=learner, args=args, train_dataset=episodes, callbacks=callbacks)
+    start = time.time()
+    train_output = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     params = learner.meta_parameters()
-    if meta.meta_method == "reptile":
-        # Reptile's outer step theta <- theta + eps (phi - theta) is SGD on the delta with lr eps.
-        optimizer = torch.optim.SGD(params, lr=args.learning_rate)
-    else:
-        optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
-    steps = args.max_steps if args.max_steps > 0 else 100
-    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.get_warmup_steps(steps),
-                              num_training_steps=steps)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    learner.train()
-    start, losses, log = time.time(), [], []
-    for step in range(steps):
-        episodes = sampler.for_process(step, process_index=rank, num_processes=world,
-                                       per_process=meta.episodes_per_device)
-        grads, episode_losses = None, []
-        for ep in episodes:
-            pool = pools[ep.task]
-            optimizer.zero_grad(set_to_none=True)
-            episode_losses.append(learner.meta_step(
-                pool.batch(ep.support), torch.as_tensor(ep.support_labels, device=pool.device),
-                pool.batch(ep.query), torch.as_tensor(ep.query_labels, device=pool.device), ep.n_way))
-            step_grads = [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params]
-            grads = step_grads if grads is None else [a + b for a, b in zip(grads, step_grads)]
-        loss = torch.tensor(float(np.mean(episode_losses)), dtype=torch.float64)
-        if world > 1:  # DDP's all-reduce, done once per step (the model is not wrapped: see the module docstring)
-            for g in grads:
-                torch.distributed.all_reduce(g, op=torch.distributed.ReduceOp.SUM)
-            loss = loss.to(accelerator.device)
-            torch.distributed.all_reduce(loss, op=torch.distributed.ReduceOp.SUM)
-        for p, g in zip(params, grads):
-            p.grad = g / (world * len(episodes))
-        loss = float(loss) / world
-        if args.max_grad_norm and meta.meta_method != "reptile":
-            torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        losses.append(loss)
-        if args.logging_steps and (step + 1) % int(args.logging_steps) == 0 and accelerator.is_main_process:
-            entry = {"step": step + 1, "loss": float(np.mean(losses[-int(args.logging_steps):]))}
-            log.append(entry)
-            logger.info(f"hf-transfer: meta step {entry['step']}/{steps} loss {entry['loss']:.4f}")
-    if world > 1:
+    if args.world_size > 1:
         # Every process must end with the same weights (same start, same averaged meta-gradients); a mismatch would
         # mean a process skipped an all-reduce, so fail loudly instead of saving one process's model.
         checksum = torch.stack([p.detach().double().sum() for p in params]).sum().reshape(1)
-        sums = accelerator.gather(checksum)
+        sums = trainer.accelerator.gather(checksum)
         if not torch.allclose(sums, sums[0].expand_as(sums), rtol=1e-6):
             raise RuntimeError(f"meta-training: the processes' weights diverged (checksums {sums.tolist()})")
-    metrics: dict[str, Any] = {"train_runtime": time.time() - start, "train_steps": steps,
-                               "train_loss": float(np.mean(losses)) if losses else math.nan,
+    metrics: dict[str, Any] = {"train_runtime": train_output.metrics.get("train_runtime", time.time() - start),
+                               "train_steps": trainer.state.global_step,
+                               "train_loss": trainer.loss_tally.mean if trainer.loss_tally.steps else math.nan,
                                "meta_method": meta.meta_method}
     learner.eval()
-    if accelerator.is_main_process and meta.eval_shots:  # eval_shots: [] skips the few-shot evaluation
+    main = trainer.is_world_process_zero()
+    if main and meta.eval_shots:  # eval_shots: [] skips the few-shot evaluation
         adapt = meta.eval_adapt or DEFAULT_ADAPT[meta.meta_method]
         metrics.update(few_shot_metrics(learner, test_tasks or tasks, tokenizer, meta, adapt=adapt, seed=args.seed,
                                         held_out=bool(test_tasks)))
-    if accelerator.is_main_process:
-        save_meta(learner, tokenizer, recipe, metrics, Path(args.output_dir), recipe_yaml=recipe_yaml, log=log)
-    accelerator.wait_for_everyone()
-    return MetaResult(metrics, learner, tokenizer, Path(args.output_dir), accelerator.is_main_process)
+    output_dir = Path(args.output_dir)
+    if main:
+        save_meta(learner, tokenizer, recipe, metrics, output_dir, recipe_yaml=recipe_yaml, trainer=trainer,
+                  push=push)
+    trainer.accelerator.wait_for_everyone()
+    return TrainResult(metrics, learner, tokenizer, trainer, recipe, output_dir,
+                       extras={"learner": learner, "is_main_process": main})
+
+
+def _check_training_arguments(args) -> None:
+    """Refuse the ``TrainingArguments`` meta-training cannot honour, naming the field."""
+    if args.gradient_accumulation_steps != 1:
+        raise RecipeError("gradient_accumulation_steps: meta-learning takes one optimizer step per outer step; set "
+                          "episodes_per_device for more episodes a step")
+    for name in ("fp16", "bf16"):
+        if getattr(args, name):
+            raise RecipeError(f"{name}: meta-learning trains in fp32 (the inner loops write the meta-gradients "
+                              f"themselves, outside mixed precision's loss scaling); remove {name}")
+    if args.deepspeed or args.fsdp:
+        raise RecipeError(f"{'deepspeed' if args.deepspeed else 'fsdp'}: meta-learning runs on plain data "
+                          "parallelism (its inner loops change every weight in place); remove it")
 
 
 def few_shot_metrics(learner: EpisodicLearner, tasks, tokenizer, meta, *, adapt: str, seed: int,
@@ -234,35 +226,42 @@ def few_shot_metrics(learner: EpisodicLearner, tasks, tokenizer, meta, *, adapt:
 
 
 def save_meta(learner: EpisodicLearner, tokenizer, recipe: MetaRecipe, metrics: dict[str, Any], output_dir: Path, *,
-              recipe_yaml: str, log: list[dict]) -> None:
-    """Write the encoder (LoRA merged), tokenizer, meta_config.json, hypernet weights, metrics, recipe and card."""
+              recipe_yaml: str, trainer=None, push=None) -> None:
+    """Write the encoder (LoRA merged), tokenizer, meta_config.json, hypernet weights, ``trainer_state.json`` and
+    ``all_results.json`` (when a ``trainer`` is given), metrics, recipe and card, then push when ``push`` (a
+    :class:`~hf_transfer.hub.PushRequest`) asks. Call on the main process only."""
     encoder = learner.embedder.encoder
     if hasattr(encoder, "merge_and_unload"):
         import copy
 
         encoder = copy.deepcopy(encoder).merge_and_unload()
     stage = staging_dir(output_dir)
-    encoder.save_pretrained(stage)
-    tokenizer.save_pretrained(stage)
-    config = {**dataclasses.asdict(learner.config), "pooling": learner.embedder.pooling}
-    atomic_write_json(stage / META_CONFIG, config)
-    if learner.hyperhead is not None:
-        from safetensors.torch import save_file
+    try:
+        encoder.save_pretrained(stage)
+        tokenizer.save_pretrained(stage)
+        config = {**dataclasses.asdict(learner.config), "pooling": learner.embedder.pooling}
+        atomic_write_json(stage / META_CONFIG, config)
+        if learner.hyperhead is not None:
+            from safetensors.torch import save_file
 
-        state = {k: v.contiguous() for k, v in learner.hyperhead.state_dict().items()}
-        save_file(state, str(stage / HYPERNET_WEIGHTS))
-    atomic_write_json(stage / "metrics.json", metrics)
-    atomic_write_json(stage / "log_history.json", log)
-    atomic_write_text(stage / "recipe.yaml", portable_recipe_yaml(recipe_yaml, public=False))
-    atomic_write_text(stage / "README.md", meta_card(recipe, metrics, recipe_yaml))
-    publish_folder(stage, output_dir)
+            state = {k: v.contiguous() for k, v in learner.hyperhead.state_dict().items()}
+            save_file(state, str(stage / HYPERNET_WEIGHTS))
+        if trainer is not None:
+            save_trainer_results(trainer, metrics, stage)  # trainer_state.json (log_history) and all_results.json
+            # The loss curve alone, as earlier versions wrote it (trainer_state.json holds it too).
+            atomic_write_json(stage / "log_history.json", trainer.state.log_history)
+        card = meta_card(recipe, metrics, recipe_yaml)
+    except BaseException:
+        discard_stage(stage)  # no .staging-* folder outlives a failed export
+        raise
+    finish_export(stage, output_dir, recipe_yaml=recipe_yaml, metrics=metrics, card=card, push=push)
 
 
 def meta_card(recipe: MetaRecipe, metrics: dict[str, Any], recipe_yaml: str) -> str:
     """The card of a meta-trained encoder: its few-shot results per evaluated task (K-shot accuracy with the 95%
     interval half width over episodes) in ``model-index``, how to embed with it and adapt it."""
-    from .. import __version__
     from ..cards import PROJECT_URL, CardContent, EvalSet, build_card, display_path, hub_base_model, hub_link, where
+    from ..defaults import __version__
 
     base = recipe.model.model_name_or_path
     meta = recipe.meta

@@ -76,7 +76,7 @@ def methods_of(context: dict[str, Any], cls: type, name: str) -> list:
 
 def refuse_sharded_engines(name: str, args: Any) -> None:
     """These methods read whole weights outside the model's forward, which FSDP and DeepSpeed shard or partition."""
-    from ..launch_check import launched_engine
+    from ..distributed import launched_engine
 
     if launched_engine() or getattr(args, "fsdp", None) or getattr(args, "deepspeed", None):
         raise RecipeError(

@@ -16,17 +16,14 @@ from __future__ import annotations
 
 import copy
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import yaml
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
+from ..embedding import FORWARD_INPUTS, embed, feature_pass  # noqa: F401  (also named here)
 from ..errors import RecipeError
 from .base import MethodConfig
 from .registry import register_method
@@ -80,58 +77,6 @@ class InstanceWeightingConfig(MethodConfig):
             raise RecipeError(f"instance_weighting.feature_batch_size: must be > 0, got {self.feature_batch_size}")
 
 
-# What a collated batch passes to the model (an image column becomes ``pixel_values`` in the collator).
-FORWARD_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
-
-
-@contextmanager
-def _feature_pass(model, *, kind: str, tokens: bool):
-    """Put ``model`` in eval mode and yield ``features(batch, device) -> (b, d)`` float32 CPU tensor; restore the mode
-    (and remove the hook) on exit. One definition of the features, for whole tables (:func:`embed`) and for batches of
-    a stream (:class:`StreamingWeights`)."""
-    from ..backbones import FeatureTap, _unwrap, backbone_prefix, find_feature_module
-
-    was_training = model.training
-    model.eval()
-    tap = None
-    # Images have no token mask to mean-pool over: their feature is always what the head receives.
-    if kind == "head_input" or not tokens:
-        _, module = find_feature_module(model, model.config.num_labels)
-        tap = FeatureTap(module)
-    inner = _unwrap(model)
-    backbone = getattr(inner, backbone_prefix(inner))
-
-    @torch.no_grad()
-    def features(batch: dict[str, torch.Tensor], device) -> torch.Tensor:
-        batch = {k: v.to(device) for k, v in batch.items() if k in FORWARD_INPUTS}
-        if tap is not None:
-            model(**batch)
-            return tap.pop().float().cpu()
-        hidden = backbone(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        return ((hidden * mask).sum(1) / mask.sum(1).clamp_min(1)).float().cpu()
-
-    try:
-        yield features
-    finally:
-        if tap is not None:
-            tap.remove()
-        model.train(was_training)
-
-
-def embed(model, dataset, collator, *, kind: str, batch_size: int, device, desc: str,
-          disable_progress: bool = False) -> np.ndarray:
-    """Frozen features of every row of a tokenised dataset, shape ``(n, d)``, in dataset order.
-    ``disable_progress`` hides the progress bar (a run's ``disable_tqdm``)."""
-    from ..data import MODEL_INPUT_KEYS
-
-    columns = [c for c in MODEL_INPUT_KEYS if c in dataset.column_names]
-    loader = DataLoader(dataset.select_columns(columns), batch_size=batch_size, collate_fn=collator)
-    with _feature_pass(model, kind=kind, tokens="input_ids" in columns) as features:
-        chunks = [features(batch, device) for batch in tqdm(loader, desc=desc, leave=False, disable=disable_progress)]
-    return torch.cat(chunks).numpy()
-
-
 class StreamingWeights:
     """The ``map`` function that weights a streamed source, batch by batch, as it is read (``streaming: true``).
 
@@ -150,7 +95,7 @@ class StreamingWeights:
 
         keys = [k for k in MODEL_INPUT_KEYS if k in batch]
         rows = [dict(zip(keys, values)) for values in zip(*(batch[k] for k in keys))]
-        with _feature_pass(self.model, kind=self.kind, tokens="input_ids" in keys) as features:
+        with feature_pass(self.model, kind=self.kind, tokens="input_ids" in keys) as features:
             x = features(self.collator(rows), self.device)
         return {"sample_weight": self.estimator.predict_weights(x.numpy()).astype(np.float32).tolist()}
 

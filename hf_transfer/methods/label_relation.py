@@ -96,7 +96,7 @@ def initialise_from_graph(
 
     kg = load_graph(config.graph, field="label_relation.graph")
     if source_model is None:
-        from ..run import load_trained
+        from ..tasks import load_trained
 
         path = config.source_model or getattr(model.config, "_name_or_path", None)
         if not path or not Path(path).is_dir():

@@ -10,11 +10,26 @@
   (:func:`hf_transfer.multitask.run.train_multitask`); see docs/multitask.md.
 """
 
+from ..families import FamilySpec, register_family
 from .losses import TaskDiscriminator, UncertaintyWeighting, l2_tie_penalty, orthogonality_penalty
 from .modeling import SHARING_MODES, MultiTaskConfig, MultiTaskModel, MultiTaskOutput, register_auto_classes
+from .recipe import MultiTaskArguments, load_multitask_recipe
 from .sampling import SAMPLING_STRATEGIES, TaskBatchSampler, task_probabilities, task_schedule
 
 register_auto_classes()
+
+
+def _train(recipe, *, callbacks=None):
+    from .run import train_multitask  # the training stack loads only when a multi-task recipe runs
+
+    return train_multitask(recipe, callbacks=callbacks)
+
+
+register_family(FamilySpec(
+    "multitask", selected_by="tasks", load_recipe=load_multitask_recipe, train=_train,
+    config_class=MultiTaskArguments, doc="docs/multitask.md",
+    summary="Several labelled tasks trained together with shared parameters (`sharing:` and a `tasks:` list)",
+))
 
 __all__ = [
     "SAMPLING_STRATEGIES",

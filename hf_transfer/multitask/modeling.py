@@ -27,7 +27,6 @@ Sharing modes (``config.sharing``):
 from __future__ import annotations
 
 import copy
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -47,17 +46,15 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.modeling_utils import get_torch_context_manager_or_global_device
 from transformers.utils import ModelOutput
 
+from ..defaults import DEFAULT_LORA
+from ..tasklists.recipe import PROBLEM_TYPES, SHARED_ADAPTER, TASK_NAME_PATTERN
 from .losses import TaskDiscriminator, UncertaintyWeighting, l2_tie_penalty, orthogonality_penalty
 
 SHARING_MODES = ("hard", "soft_lora", "soft_l2", "shared_private")
 LOSS_WEIGHTINGS = ("static", "uncertainty")
-PROBLEM_TYPES = ("classification", "regression")
-SHARED_ADAPTER = "shared"
-TASK_NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 # LoRA fields a multi-task model keeps in its config (the rest of a recipe's `peft:` block is PEFT plumbing).
 LORA_FIELDS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_rslora", "init_lora_weights",
                "layers_to_transform", "fan_in_fan_out")
-DEFAULT_LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.1}
 
 
 class MultiTaskConfig(PreTrainedConfig):

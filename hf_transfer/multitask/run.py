@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from transformers import AutoModel, set_seed
+from transformers import AutoModel
 
 from ..backbones import count_parameters, load_tokenizer
 from ..cards import (
@@ -35,9 +34,9 @@ from ..cards import (
     transfer_card,
     where,
 )
-from ..checkpoints import resolve_resume_checkpoint
 from ..data import accuracy_metrics
 from ..errors import DataError, RecipeError, UserError
+from ..families import TrainResult
 from ..hub import (
     PushRequest,
     atomic_write_json,
@@ -45,9 +44,11 @@ from ..hub import (
     finish_export,
     save_trainer_results,
     staging_dir,
-    take_push_request,
 )
-from .data import MultiTaskCollator, TaskData, concatenate_tasks, load_tasks, tokenize_tasks
+from ..preamble import begin_run
+from .data import MultiTaskCollator, TaskData, concatenate_tasks, load_tasks, pair_tasks_with_targets, tokenize_tasks
+from .freezing import apply_freezing, gradual_unfreezing_callbacks, model_view
+from .methods import build_task_methods, prepare_task_methods
 from .modeling import LORA_FIELDS, MultiTaskModel
 from .recipe import MultiTaskRecipe
 from .trainer import MultiTaskTrainer
@@ -113,24 +114,18 @@ def _build_model(recipe: MultiTaskRecipe, tasks: list[TaskData]) -> tuple[MultiT
 
 
 def train_multitask(recipe: MultiTaskRecipe, *, callbacks: list | None = None):
-    """Train a multi-task recipe end to end; returns a :class:`hf_transfer.run.TrainResult`."""
-    from ..run import TrainResult
-
-    recipe_yaml = recipe.to_yaml()
-    args = recipe.training
-    push_requested = take_push_request(args)
-    # `latest` -> the newest complete checkpoint; a half-written one is refused before anything loads.
-    args.resume_from_checkpoint = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
-    args.remove_unused_columns = False  # task_ids must reach the model
-    if not torch.cuda.is_available():
-        args.dataloader_pin_memory = False
+    """Train a multi-task recipe end to end; returns a :class:`hf_transfer.families.TrainResult`."""
+    start = begin_run(recipe)  # snapshot, push request, resume, seed (hf_transfer/preamble.py)
+    recipe_yaml, push_requested, args = start.recipe_yaml, start.push, recipe.training
     # One task per step: the other tasks' heads (and adapters or encoders) sit the step out. Every process trains the
     # same task at a step, so they sit out together.
+    # (Gradual unfreezing, whose layers join training mid-run, needs the same.)
     args.ddp_find_unused_parameters = True
-    set_seed(args.seed)
 
     tasks = load_tasks(recipe.tasks, seed=args.seed)  # every data check, before a model is loaded
     model, trained, tokenizer_source = _build_model(recipe, tasks)
+    apply_freezing(model, recipe.model)  # freeze_backbone / trainable_layers, on every encoder
+    methods, feature_modules = build_task_methods(recipe, model, trained)
     tokenizer = load_tokenizer(tokenizer_source, revision=None if recipe.multitask.from_multitask_model
                                else recipe.model.revision, trust_remote_code=recipe.model.trust_remote_code)
     with args.main_process_first(desc="tokenizing"):
@@ -139,6 +134,12 @@ def train_multitask(recipe: MultiTaskRecipe, *, callbacks: list | None = None):
                        progress=not args.disable_tqdm)
     problem_types = {t["name"]: t["problem_type"] for t in model.config.tasks}
     regression = [i for i, t in enumerate(model.config.tasks) if t["problem_type"] == "regression"]
+    metrics: dict[str, Any] = {}
+    if methods:  # e.g. l2sp anchors at the weights before training; its hook sees the encoder as the backbone
+        prepare_task_methods(recipe, methods, {"model": model_view(model), "tokenizer": tokenizer, "args": args,
+                                               "metrics": metrics, "feature_module": None, "data": None})
+    pair_tasks_with_targets(trained, seed=args.seed)  # each task's rows with its own target rows
+    callbacks = list(callbacks or []) + gradual_unfreezing_callbacks(model, recipe.model.gradual_unfreezing_steps)
     trainer = MultiTaskTrainer(
         model=model,
         args=args,
@@ -147,7 +148,10 @@ def train_multitask(recipe: MultiTaskRecipe, *, callbacks: list | None = None):
         processing_class=tokenizer,
         data_collator=MultiTaskCollator(tokenizer, regression_tasks=regression),
         compute_metrics=accuracy_metrics,
-        callbacks=list(callbacks or []),
+        callbacks=callbacks,
+        methods=methods,
+        feature_modules=feature_modules,
+        layerwise_lr_decay=recipe.model.layerwise_lr_decay,
         task_names=model.task_names,
         problem_types=problem_types,
         train_task_sizes=[(model.task_index(t.name), len(t.train)) for t in trained],
@@ -159,17 +163,18 @@ def train_multitask(recipe: MultiTaskRecipe, *, callbacks: list | None = None):
         logger.info(f"hf-transfer: multi-task ({model.config.sharing} sharing, {recipe.multitask.task_sampling} "
                     f"sampling), {len(trained)} of {len(model.task_names)} tasks training: "
                     + ", ".join(f"{t.name} ({len(t.train):,} rows)" for t in trained)
-                    + f"; {trainable:,} of {total:,} parameters trainable")
+                    + f"; {trainable:,} of {total:,} parameters trainable"
+                    + (f"; method {'+'.join(methods)}" if methods else ""))
 
     start = time.time()
     train_output = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    metrics: dict[str, Any] = {
+    metrics.update({
         "train_runtime": train_output.metrics.get("train_runtime", time.time() - start),
         "train_loss": train_output.training_loss,
         "train_steps": trainer.state.global_step,
         "trainable_parameters": trainable,
         "sharing": model.config.sharing,
-    }
+    })
     for name, rows in trainer.total_rows_per_task().items():
         if rows:
             metrics[f"{name}/train_rows"] = rows
@@ -257,7 +262,7 @@ def task_card(model: MultiTaskModel, name: str, spec: Any, metrics: dict[str, An
 def multitask_card(model: MultiTaskModel, metrics: dict[str, Any], recipe_yaml: str, specs: dict[str, Any], *,
                    hub_model_id: str | None = None) -> str:
     """The model card of the whole multi-task model: tasks, metrics, how to load it whole or one task at a time."""
-    from .. import __version__
+    from ..defaults import __version__
 
     config = model.config
     base = config.base_model_name_or_path or "unknown"

@@ -9,7 +9,11 @@ What it changes from :class:`~hf_transfer.trainer.TransferTrainer` (whose loggin
 * the loss is the model's (weighted task loss plus sharing penalties); its parts are logged (``task_loss``,
   ``l2_tie``, ``orthogonality``, ``adversarial``) and the rows trained per task are counted on every process;
 * evaluating a task (an ``eval_dataset`` key, or ``evaluate_task``) uses that task's metrics (accuracy and macro-F1,
-  or MSE and Pearson for regression).
+  or MSE and Pearson for regression);
+* the recipe's transfer methods (:mod:`hf_transfer.multitask.methods`) add their losses through the flat path's
+  method stack, on the feature the batch's task head receives (one :class:`~hf_transfer.backbones.FeatureTap` per
+  head); a batch's target rows (``domain == 1``, labels -100) enter no task loss;
+* ``layerwise_lr_decay`` scales each encoder's layers (:func:`hf_transfer.multitask.freezing.layerwise_groups`).
 """
 
 from __future__ import annotations
@@ -17,11 +21,14 @@ from __future__ import annotations
 from functools import partial
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 from transformers.trainer_utils import seed_worker
 
+from ..backbones import FeatureTap
 from ..trainer import TransferTrainer
 from .data import TASK_ID_COLUMN, task_metrics
+from .freezing import layerwise_groups
 from .sampling import TaskBatchSampler
 
 PENALTIES = ("l2_tie", "orthogonality", "adversarial")
@@ -47,9 +54,20 @@ class MultiTaskTrainer(TransferTrainer):
         train_task_sizes: list[tuple[int, int]] | None = None,
         task_sampling: str = "proportional",
         sampling_temperature: float = 1.0,
+        feature_modules: dict[str, nn.Module] | None = None,
         **kwargs,
     ):
+        feature_modules = dict(feature_modules or {})
+        if kwargs.get("methods") and not feature_modules:
+            raise ValueError("MultiTaskTrainer: methods need feature_modules (one per trained task head)")
+        # The flat trainer taps one feature module; here each task head has its own (below).
+        kwargs["feature_module"] = next(iter(feature_modules.values()), None)
         super().__init__(*args, **kwargs)
+        if self._tap is not None:
+            self._tap.remove()
+            self._tap = None
+        self._taps = {name: FeatureTap(module, model=self.model.heads[name])
+                      for name, module in feature_modules.items()} if self.method_stack.methods else {}
         self.task_names = list(task_names)
         self.problem_types = dict(problem_types)
         self.train_task_sizes = list(train_task_sizes or [])
@@ -98,20 +116,56 @@ class MultiTaskTrainer(TransferTrainer):
 
     # ---- loss ----------------------------------------------------------------------------------------------------
 
+    def layerwise_groups(self, model):
+        # The flat trainer finds a classifier's backbone by its prefix; a multi-task model's encoders are found
+        # through views (hf_transfer.multitask.freezing).
+        return layerwise_groups
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "labels" not in inputs:
             raise ValueError("MultiTaskTrainer.compute_loss needs `labels` in the batch")
+        domain = inputs.pop("domain", None)
+        extras = {key: inputs.pop(key) for key in self._method_batch_keys if key in inputs}
+        # Target rows carry labels -100: the model's task loss (cross-entropy) leaves them out.
         outputs = model(**inputs)
         loss = outputs.loss
+        task_ids = inputs[TASK_ID_COLUMN]
+        features = self._pop_features(model.training)
         if model.training:
             self._accumulate("task_loss", outputs.task_loss.detach())
             for key in PENALTIES:
                 value = getattr(outputs, key, None)
                 if value is not None:
                     self._accumulate(key, value.detach())
-            self.rows_per_task += torch.bincount(inputs[TASK_ID_COLUMN].to(self.rows_per_task.device),
+            labelled = task_ids if domain is None else task_ids[domain == 0]
+            self.rows_per_task += torch.bincount(labelled.to(self.rows_per_task.device),
                                                  minlength=len(self.task_names))
+            terms = {"task_loss": outputs.task_loss}
+            if features is not None:
+                loss = loss + self._method_loss(outputs.logits, features, inputs, domain, extras, terms)
+            terms["total loss"] = loss
+            self.loss_guard.observe(self.state.global_step + 1, terms)
         return (loss, outputs) if return_outputs else loss
+
+    def _pop_features(self, training: bool = True) -> torch.Tensor | None:
+        """The features of the head that ran (a training batch holds one task); every tap is cleared, so that no
+        feature of an evaluation batch (which may hold several tasks) is left behind."""
+        found = [tap.features for tap in self._taps.values() if tap.features is not None]
+        for tap in self._taps.values():
+            tap.features = None
+        if not training:
+            return None
+        if len(found) > 1:
+            raise RuntimeError("MultiTaskTrainer: a training batch with transfer methods must hold one task's rows")
+        return found[0] if found else None
+
+    def _method_loss(self, logits, features, inputs, domain, extras, terms) -> torch.Tensor:
+        """The method stack's loss on this batch, as the flat trainer computes it (:meth:`method_loss`)."""
+        labels = inputs["labels"]
+        if domain is None:
+            domain = torch.zeros_like(labels, dtype=torch.long)
+        rows = {k: v for k, v in inputs.items() if torch.is_tensor(v) and v.dim() > 0 and k != "labels"}
+        return self.method_loss(logits, features, labels, domain, None, rows, extras, terms)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         # Only the loss and the logits: penalties are training-time numbers.

@@ -239,7 +239,7 @@ class ImageCollator:
         return self.image_processor(images=images, return_tensors="pt")["pixel_values"]
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        from ..data import TARGET_PREFIX, add_batch_labels
+        from ..batching import TARGET_PREFIX, add_batch_labels
 
         target_key = TARGET_PREFIX + IMAGE_KEY
         target = [r[target_key] for r in rows if target_key in r]

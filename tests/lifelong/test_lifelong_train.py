@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from hf_transfer.cli import main
@@ -68,3 +69,53 @@ def test_recipe_errors(tiny_model_dir, review_files, tmp_path):
         load_recipe({**base, "peft": {"r": 4}})
     with pytest.raises(RecipeError, match="at least two tasks"):
         load_recipe({**base, "tasks": base["tasks"][:1]})
+
+
+def _pretrained(tiny_model_dir):
+    from transformers import AutoModel
+
+    return {k: v.clone() for k, v in AutoModel.from_pretrained(tiny_model_dir).state_dict().items()}
+
+
+def _changed(model, before):
+    state = model.state_dict()
+    return {k for k, v in before.items() if not torch.equal(state[f"bert.{k}"].cpu(), v)}
+
+
+@pytest.mark.parametrize("method,plan,frozen,trained", [
+    # trainable_layers holds for the whole sequence: embeddings and layer 0 never move.
+    ("naive", {"trainable_layers": 1}, ("embeddings.", "encoder.layer.0."), ("encoder.layer.1.", "pooler.")),
+    # gradual unfreezing starts again with each task: step 0 the head, step 1 the top layer (and the pooler).
+    ("ewc", {"gradual_unfreezing_steps": 1, "fisher_samples": 4}, ("embeddings.", "encoder.layer.0."),
+     ("encoder.layer.1.", "pooler.")),
+    ("replay", {"freeze_backbone": True, "replay_size": 8}, ("embeddings.", "encoder.", "pooler."), ()),
+])
+def test_freezing_plans_hold_the_frozen_layers(tiny_model_dir, review_files, tmp_path, method, plan, frozen,
+                                               trained):
+    before = _pretrained(tiny_model_dir)
+    result = train_lifelong(_recipe(tiny_model_dir, review_files, tmp_path, lifelong_method=method, **plan))
+    changed = _changed(result.model, before)
+    weights = {k for k in before if k.endswith(".weight")}
+    assert not any(k.startswith(frozen) for k in changed)
+    assert {k for k in weights if k.startswith(trained)} <= changed if trained else not changed
+    head = dict(result.model.named_parameters())["classifier.weight"]
+    assert head.requires_grad and result.metrics["average_accuracy"] >= 0
+
+
+def test_layerwise_lr_decay_scales_each_layer(tiny_model_dir, review_files, tmp_path):
+    result = train_lifelong(_recipe(tiny_model_dir, review_files, tmp_path, lifelong_method="l2sp",
+                                    layerwise_lr_decay=0.5, lr_scheduler_type="constant"))
+    lr_of = {id(p): g["lr"] for g in result.trainer.optimizer.param_groups for p in g["params"]}
+    params = dict(result.model.named_parameters())
+    # depth: embeddings 0, layer i -> i + 1, pooler 3 (the top): 1e-3 * 0.5 ** (3 - depth); the head 1e-3
+    assert lr_of[id(params["bert.embeddings.word_embeddings.weight"])] == pytest.approx(1e-3 * 0.5 ** 3)
+    assert lr_of[id(params["bert.encoder.layer.0.output.dense.weight"])] == pytest.approx(1e-3 * 0.25)
+    assert lr_of[id(params["bert.encoder.layer.1.output.dense.weight"])] == pytest.approx(1e-3 * 0.5)
+    assert lr_of[id(params["classifier.weight"])] == pytest.approx(1e-3)
+
+
+def test_freezing_plans_are_refused_with_adapters(tiny_model_dir, review_files, tmp_path):
+    recipe = _recipe(tiny_model_dir, review_files, tmp_path, lifelong_method="adapter", freeze_backbone=True)
+    with pytest.raises(RecipeError, match=r"^freeze_backbone: not used with lifelong_method: adapter, whose base"):
+        train_lifelong(recipe)
+    assert not (tmp_path / "ll").exists()

@@ -156,3 +156,30 @@ def test_two_process_meta_training(tiny_model_dir, review_files, tmp_path):
     assert out.returncode == 0, out.stderr[-4000:]
     assert out.stdout.count("written to") == 1
     assert json.loads((tmp_path / "meta" / "metrics.json").read_text())["train_steps"] == 2
+
+
+def test_trainable_layers_meta_trains_only_the_top_of_the_encoder(tiny_model_dir, review_files, tmp_path):
+    """A freezing plan in a meta-learning recipe: with trainable_layers 1 the embeddings and the lower layer stay the
+    pretrained ones, the top layer meta-trains."""
+    before = {n: p.detach().clone() for n, p in load_encoder(tiny_model_dir).named_parameters()}
+    result = train_meta(_recipe(tiny_model_dir, review_files, tmp_path, meta_method="fomaml", inner_steps=1,
+                                trainable_layers=1))
+    after = dict(result.learner.embedder.encoder.named_parameters())
+    lower = [n for n in before if n.startswith(("embeddings.", "encoder.layer.0."))]
+    top = [n for n in before if n.startswith("encoder.layer.1.") and n.endswith("weight")]
+    assert lower and top
+    assert all(torch.equal(before[n], after[n].detach()) for n in lower)
+    assert all(not after[n].requires_grad for n in lower)
+    assert any(not torch.equal(before[n], after[n].detach()) for n in top)
+
+
+def test_meta_freezing_plans_that_cannot_hold_are_refused(tiny_model_dir, review_files, tmp_path):
+    with pytest.raises(RecipeError, match="^trainable_layers: 0 freezes the whole encoder"):
+        load_recipe(_recipe(tiny_model_dir, review_files, tmp_path, trainable_layers=0))
+    with pytest.raises(RecipeError, match="^trainable_layers: with a peft block"):
+        load_recipe(_recipe(tiny_model_dir, review_files, tmp_path, trainable_layers=1,
+                            peft={"peft_type": "LORA", "r": 4, "target_modules": ["query", "value"]}))
+    with pytest.raises(RecipeError, match="^freeze_backbone: not used in a meta-learning recipe"):
+        load_recipe(_recipe(tiny_model_dir, review_files, tmp_path, freeze_backbone=True))
+    assert load_recipe(_recipe(tiny_model_dir, review_files, tmp_path, meta_method="hypernet",
+                               trainable_layers=0)).model.trainable_layers == 0

@@ -176,7 +176,8 @@ def test_soft_lora_from_the_cli_then_add_a_task_leaves_the_others_unchanged(tiny
         (lambda r: r.update(tasks=[]), "tasks: expected a list of task entries"),
         (lambda r: r.update(learnin_rate=1), "learnin_rate: unknown recipe field; did you mean 'learning_rate'?"),
         (lambda r: r.update(sharng="hard"), "sharng: unknown recipe field; did you mean 'sharing'?"),
-        (lambda r: r.update(method="dann"), "method: not used in a multi-task recipe"),
+        (lambda r: r.update(method="dann"), "tasks[0].target_data: method dann learns from unlabelled target rows"),
+        (lambda r: r.update(method="lwf"), "method: lwf does not work in a multi-task recipe"),
     ],
 )
 def test_recipe_errors_name_the_task_field(tiny_model_dir, task_files, tmp_path, change, message):
