@@ -477,6 +477,8 @@ def freeze_batchnorm_statistics(model: nn.Module) -> Any:
 # Which position of a sequence of features (batch, positions, width) a classifier classifies.
 FIRST_TOKEN = "first"
 LAST_NON_PADDING_TOKEN = "last_non_padding"
+#: a token classifier (``...ForTokenClassification``) classifies every position: its features are the whole sequence
+EVERY_TOKEN = "every"
 
 # The line with which transformers' decoder-only classifiers written out per model (GPT-2, OPT, Falcon, ...) find
 # the last non-padding token; the others (Llama, Mistral, Qwen, Gemma, ...) share GenericForSequenceClassification.
@@ -515,6 +517,7 @@ def classified_token(model: nn.Module) -> str | None:
       their head on every position and keep the last non-padding token's logits;
     * :data:`FIRST_TOKEN` for bidirectional encoders (BERT, RoBERTa, ViT, ...), whose pooler or head reads the
       first ([CLS]) token;
+    * :data:`EVERY_TOKEN` for token classifiers, whose head reads every position;
     * ``None`` when the architecture does not say: an encoder-decoder (BART reads the last end-of-sequence token),
       causal attention in a class not recognised above, or a ``summary_type`` other than the first token (XLNet).
     """
@@ -522,6 +525,8 @@ def classified_token(model: nn.Module) -> str | None:
     config = getattr(inner, "config", None)
     if config is None or getattr(config, "is_encoder_decoder", False):
         return None
+    if type(inner).__name__.endswith("ForTokenClassification"):
+        return EVERY_TOKEN
     if _pools_last_non_padding_token(type(inner)):
         return LAST_NON_PADDING_TOKEN
     if getattr(config, "summary_type", FIRST_TOKEN) != FIRST_TOKEN:
@@ -599,6 +604,8 @@ class FeatureTap:
             self._token = self._resolve_token()
         if self._token == FIRST_TOKEN:
             return feats[:, 0]
+        if self._token == EVERY_TOKEN:  # (rows, positions, width): the token task picks its rows (Task.method_rows)
+            return feats
         ids = self._input_ids
         if ids is not None and tuple(ids.shape[:2]) != tuple(feats.shape[:2]):
             raise RuntimeError(

@@ -579,7 +579,7 @@ def _load_eval(d, target: Dataset | None, space: LabelSpace, *, seed: int, task=
     task = _task_of(d, task)
     evaluation = None
     if d.eval_data:
-        evaluation = load_table(d.eval_data, field="eval_data", split=d.eval_split, config=d.eval_config)
+        evaluation = task.read_table(d.eval_data, d, field="eval_data", split=d.eval_split, config=d.eval_config)
         _check_input_columns(evaluation, d, task, field="eval_data", spec=d.eval_data, pairs=False)
         require_column(evaluation, d.label_column, field="eval_data", spec=d.eval_data, option="label_column")
         evaluation = task.encode_labels(evaluation, d, space, field="eval_data", spec=d.eval_data)
@@ -600,7 +600,7 @@ def load_raw_data(data_args, *, num_labels: int | None = None, seed: int = 42, t
     task = _task_of(d, task)
     if getattr(d, "streaming", False):
         return _load_streams(d, num_labels=num_labels, seed=seed, task=task)
-    source = load_table(d.source_data, field="source_data", split=d.source_split, config=d.source_config)
+    source = task.read_table(d.source_data, d, field="source_data", split=d.source_split, config=d.source_config)
     _check_source_columns(source, d, task)
     # Labels are checked on the whole file, before any subsample, so that an error names the file's row.
     space = task.label_space(source, d, num_labels=num_labels, field="source_data", spec=d.source_data)
@@ -615,7 +615,7 @@ def load_raw_data(data_args, *, num_labels: int | None = None, seed: int = 42, t
 
     target = None
     if d.target_data:
-        target = load_table(d.target_data, field="target_data", split=d.target_split, config=d.target_config)
+        target = task.read_table(d.target_data, d, field="target_data", split=d.target_split, config=d.target_config)
         _check_input_columns(target, d, task, field="target_data", spec=d.target_data, pairs=False)
         if d.max_target_samples:
             target = target.shuffle(seed=seed).select(range(min(d.max_target_samples, len(target))))

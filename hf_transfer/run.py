@@ -137,6 +137,8 @@ def train_transfer(recipe: Recipe, *, callbacks: list | None = None) -> TrainRes
         data = prepare_data(raw, tokenizer, recipe.data, seed=args.seed, task=task)
 
     model = task.build_model(recipe.model, recipe.data, data.labels)
+    if hasattr(compute_metrics, "id2label"):
+        compute_metrics.id2label = dict(data.labels.id2label)  # entity metrics read a token classifier's tags by name
     task.prepare_model(model)
     if recipe.model.freeze_backbone:
         set_trainable_top_layers(model, 0)

@@ -5,7 +5,12 @@ A recipe's ``task`` field picks one (default: inferred, ``image-classification``
 :func:`register_task` line, plus recipes and tests; no core file changes.
 """
 
-from . import image_classification, multi_label_classification, text_classification  # noqa: F401  (register)
+from . import (  # noqa: F401  (register)
+    image_classification,
+    multi_label_classification,
+    text_classification,
+    token_classification,
+)
 from .base import MethodRows, Task
 from .loading import CLASSIFIER_CONFIG, save_classifier_config
 from .registry import (

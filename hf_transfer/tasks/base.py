@@ -8,9 +8,9 @@ Hooks, in the order a run calls them:
 
 * recipe checks: :meth:`Task.check_data_args` (the data fields alone), :meth:`Task.check_recipe` (with the methods
   and training arguments), :attr:`Task.peft_task_type`;
-* data: :meth:`Task.input_columns`, :meth:`Task.check_inputs`, :meth:`Task.check_loaded`, :meth:`Task.label_space`,
-  :meth:`Task.encode_labels`, :meth:`Task.load_processor`, :meth:`Task.process`, :meth:`Task.collator`,
-  :meth:`Task.augment`;
+* data: :meth:`Task.read_table`, :meth:`Task.input_columns`, :meth:`Task.check_inputs`, :meth:`Task.check_loaded`,
+  :meth:`Task.label_space`, :meth:`Task.encode_labels`, :meth:`Task.load_processor`, :meth:`Task.process`,
+  :meth:`Task.collator`, :meth:`Task.augment`;
 * model: :meth:`Task.auto_class`, :meth:`Task.config_overrides`, :meth:`Task.build_model`;
 * training: :meth:`Task.compute_metrics`, :meth:`Task.labelled_rows`, :meth:`Task.task_loss`,
   :meth:`Task.method_rows`, :meth:`Task.trainer_class`;
@@ -98,6 +98,14 @@ class Task:
         strategy, a metric, a label-free validator. Runs once every field is parsed."""
 
     # ---- data ------------------------------------------------------------------------------------------------
+
+    def read_table(self, spec: Any, d: Any, *, field: str, split: str = "train", config: str | None = None):
+        """Load one table of the recipe (``source_data``, ``target_data``, ``eval_data``): a file, folder or Hub id
+        through :func:`hf_transfer.data.load_table`. A task with a file format of its own (CoNLL ``.txt`` for
+        tagging) reads it here."""
+        from ..data import load_table
+
+        return load_table(spec, field=field, split=split, config=config)
 
     def input_columns(self, d: Any) -> list[tuple[str, str]]:
         """``[(column, recipe option)]`` every labelled or unlabelled table must have (the label column aside)."""
