@@ -45,6 +45,12 @@ class Embedder(nn.Module):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling: unknown {pooling!r}; choose one of {', '.join(POOLINGS)}")
+        if pooling == "cls" and any(getattr(m, "is_causal", False) is True for m in encoder.modules()):
+            # Under causal attention the first token sees only itself: its state is the same for every text.
+            from ..errors import RecipeError
+
+            raise RecipeError(f"pooling: cls takes the first token, which a causal (decoder-only) encoder such as "
+                              f"{type(encoder).__name__} gives the same state for every text; use pooling: mean")
         self.encoder = encoder
         self.pooling = pooling
 

@@ -90,3 +90,21 @@ def test_hypernet_starts_as_prototype_dot_product_and_is_permutation_equivariant
     loss, _ = head.loss(SUPPORT, SUPPORT_LABELS, QUERY, torch.tensor([0, 1]), 2)
     loss.backward()
     assert head.net[0].weight.grad is not None and np.isfinite(loss.item())
+
+
+def test_cls_pooling_is_refused_on_a_causal_encoder():
+    """The first token of a decoder-only encoder is the same for every text: cls pooling would embed a constant."""
+    from transformers import GPT2Config, GPT2Model
+
+    from hf_transfer.errors import RecipeError
+    from hf_transfer.meta import Embedder
+
+    torch.manual_seed(0)
+    gpt2 = GPT2Model(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=50, bos_token_id=0, eos_token_id=0)).eval()
+    ids = torch.randint(0, 50, (3, 6))
+    ids[:, 0] = 7
+    first = gpt2(input_ids=ids).last_hidden_state[:, 0]
+    assert torch.allclose(first, first[:1].expand_as(first))  # why: the same first token, the same state
+    with pytest.raises(RecipeError, match="^pooling: cls takes the first token"):
+        Embedder(gpt2, pooling="cls")
+    assert Embedder(gpt2, pooling="mean")(ids).shape == (3, 32)
