@@ -8,13 +8,13 @@ metric: a dict per entity type (``precision``, ``recall``, ``f1``, ``number`` of
 (tag accuracy).
 """
 
-import datasets
-import evaluate
+from hf_transfer.metrics import module_base as base  # the module, not its classes: see module_base
 
-from hf_transfer.metrics.functional import shipped_result
 
-_DESCRIPTION = "Entity-level precision, recall and F1 (seqeval semantics), per entity type and overall."
-_KWARGS_DESCRIPTION = """
+class Seqeval(base.ShippedMetric):
+    shipped_name = "seqeval"
+    shipped_description = "Entity-level precision, recall and F1 (seqeval semantics), per entity type and overall."
+    shipped_inputs = """
 Args:
     predictions (`list` of `list` of `str`): predicted tags of each sentence, e.g. [["B-PER", "I-PER", "O"]].
     references (`list` of `list` of `str`): reference tags, the same lengths.
@@ -22,19 +22,4 @@ Returns:
     one dict per entity type {"precision", "recall", "f1", "number"}, and overall_precision, overall_recall,
     overall_f1, overall_accuracy.
 """
-
-
-class Seqeval(evaluate.Metric):
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({
-                "predictions": datasets.Sequence(datasets.Value("string")),
-                "references": datasets.Sequence(datasets.Value("string")),
-            }),
-        )
-
-    def _compute(self, predictions, references):
-        return shipped_result("seqeval", predictions, references)
+    shipped_features = base.TAG_SEQUENCES
