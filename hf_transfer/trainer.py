@@ -36,8 +36,9 @@ from transformers import Trainer, TrainerCallback
 from .backbones import FeatureTap, encoder_layers, layerwise_lr_groups, set_trainable_top_layers
 from .distributed import gather_step_batch
 from .errors import TrainingDivergedError
-from .losses import single_label_rows, weighted_cross_entropy  # noqa: F401  (also named here)
+from .losses import weighted_cross_entropy  # noqa: F401  (importable from here, as before)
 from .methods import StepBatch, TransferMethod
+from .tasks.base import Task
 
 METHOD_STATE_FILE = "transfer_methods.safetensors"
 #: Under FSDP and DeepSpeed the method stack becomes a submodule of the model by this name (TransferTrainer.__init__).
@@ -196,13 +197,13 @@ class TransferTrainer(Trainer):
         feature_module: nn.Module | None = None,
         layerwise_lr_decay: float = 1.0,
         extra_eval_metrics: Callable[[Trainer], dict[str, float]] | None = None,
-        task: Any = None,
+        task: Task | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         # The recipe's task (hf_transfer.tasks): which rows are labelled, the task loss, and the rows methods see.
-        # None: single-label classification, one row per example.
-        self.task = task
+        # None: the base Task's hooks, single-label classification with one row per example.
+        self.task = task if task is not None else Task()
         # Our loss is a per-batch mean: let the Trainer divide it for gradient accumulation as usual.
         self.model_accepts_loss_kwargs = False
         self.method_stack = MethodStack(methods or {}).to(self.args.device)
@@ -288,26 +289,21 @@ class TransferTrainer(Trainer):
         # Target rows and unlabelled rows weigh 0 in the task loss. Weighting rather than selecting the source rows
         # (logits[domain == 0]) keeps the step free of host reads: a boolean-mask select waits on the device.
         task = self.task
-        labelled = (domain == 0) & (single_label_rows(labels) if task is None else task.labelled_rows(labels))
+        labelled = (domain == 0) & task.labelled_rows(labels)
         row_weight = labelled.to(torch.float32) if weights is None else weights.float() * labelled
         # Several processes: the task loss and every method's loss are those of the global batch (see
         # hf_transfer.distributed), so N processes train like one with the same global batch.
         global_batch = model.training and self.accelerator.num_processes > 1
-        if task is None:
-            task_loss = weighted_cross_entropy(
-                logits, labels.masked_fill(~labelled, -100), row_weight, global_batch=global_batch
-            )
-        else:
-            task_loss = task.task_loss(logits, labels, labelled, row_weight, global_batch=global_batch)
+        task_loss = task.task_loss(logits, labels, labelled, row_weight, global_batch=global_batch)
         loss = task_loss
         terms = {"task_loss": task_loss}
         if model.training and self._tap is not None:
             features = self._tap.pop()[:rows]
-            if task is not None:  # a token task makes its tokens the rows (one domain and weight each)
-                rows_of = task.method_rows(logits=logits, features=features, labels=labels, domain=domain,
-                                           sample_weight=weights, inputs=inputs)
-                logits, features, labels, domain, weights = (rows_of.logits, rows_of.features, rows_of.labels,
-                                                             rows_of.domain, rows_of.sample_weight)
+            # A sequence task's rows are its examples; a token task makes its tokens the rows (own domain, weight).
+            rows_of = task.method_rows(logits=logits, features=features, labels=labels, domain=domain,
+                                       sample_weight=weights, inputs=inputs)
+            logits, features, labels, domain, weights = (rows_of.logits, rows_of.features, rows_of.labels,
+                                                         rows_of.domain, rows_of.sample_weight)
             step_inputs = {k: v[:rows] for k, v in inputs.items() if torch.is_tensor(v) and v.dim() > 0}
             loss = loss + self.method_loss(logits, features, labels, domain, weights, step_inputs, extras, terms)
         if model.training:
