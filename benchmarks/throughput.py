@@ -31,6 +31,8 @@ The defaults (11 configurations x 3 repeats of 2 + 6 steps) take about 15 minute
         --profile lora --repeats 2 --output benchmarks/results/throughput_options.md
     nice -n 10 python benchmarks/throughput.py --methods plain plain@32 finetune dann mmd --no_checks --profile none
     python benchmarks/throughput.py --methods plain finetune dann --repeats 1 --steps 3   # a quick look
+    nice -n 10 python benchmarks/throughput.py --frozen_cache --rows 256 --frozen_epochs 10 --repeats 2 \
+        --output benchmarks/results/throughput_frozen_cache.md   # cache_frozen vs the plain Trainer (issue 23)
 """
 
 from __future__ import annotations
@@ -884,6 +886,11 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/hf_transfer_throughput")
     parser.add_argument("--output", default=None, help="write the markdown here and the JSON beside it")
     parser.add_argument("--_prepare_once", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--frozen_cache", action="store_true",
+                        help="only the frozen-prefix caching comparison (benchmarks/frozen_cache.py): linear probe "
+                        "and top-2 layers, plain Trainer vs cache_frozen off/on, --frozen_epochs epochs, --rows rows")
+    parser.add_argument("--frozen_epochs", type=int, default=10, help="epochs of each --frozen_cache run")
+    parser.add_argument("--frozen_plans", nargs="+", default=["probe", "top2"], choices=["probe", "top2"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args._prepare_once:
@@ -893,6 +900,21 @@ def main() -> None:
     workdir = Path(args.workdir)
     configs = list(dict.fromkeys([*args.methods, *(EXTRA_CONFIGS if args.extras else ())]))
     files = make_data(args, workdir)
+    if args.frozen_cache:
+        from frozen_cache import feature_reuse, feature_reuse_table, frozen_cache_comparison, frozen_cache_table
+
+        frozen = frozen_cache_comparison(args, files, workdir)
+        frozen["feature_reuse"] = feature_reuse(args, files, workdir)
+        text = "# Frozen-prefix caching (`benchmarks/throughput.py --frozen_cache`)\n\n" + machine_header(
+            {"torch": f"{torch.__version__}; {DEVICE}, {args.threads} thread(s)"}) + "\n" + frozen_cache_table(
+            frozen, args) + "\n" + feature_reuse_table(frozen["feature_reuse"])
+        print(text)
+        if args.output:
+            out = Path(args.output)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text)
+            out.with_suffix(".json").write_text(json.dumps({"args": vars(args), **frozen}, indent=2, default=str))
+        return
     code = Path(hf_transfer.__file__).resolve().parents[1]  # the hf_transfer actually imported
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=code)
     dirty = subprocess.run(["git", "status", "--porcelain", "hf_transfer"], capture_output=True, text=True, cwd=code)

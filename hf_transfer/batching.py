@@ -12,8 +12,10 @@ from typing import Any
 import torch
 
 # Columns that carry a model input: token ids for text; the (undecoded) image before collation and the processed
-# pixels after it for images (see hf_transfer/vision/data.py).
-MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "image", "pixel_values")
+# pixels after it for images (see hf_transfer/vision/data.py); log-mel features (Whisper) or samples (wav2vec2) for
+# audio.
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "image", "pixel_values", "input_features",
+                    "input_values")
 TARGET_PREFIX = "target_"
 
 

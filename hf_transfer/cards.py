@@ -250,8 +250,8 @@ def hub_base_model(name_or_path: str) -> str | None:
     packaged = _packaged_model_id(name_or_path)
     if packaged:
         return packaged
-    if name_or_path in PACKAGED_BUILDERS:
-        return None
+    if name_or_path in PACKAGED_BUILDERS:  # `openai/whisper-tiny.en` is a Hub repository; `efficientnet-lite0` is not
+        return name_or_path if "/" in name_or_path else None
     return name_or_path if is_hub_id(name_or_path) else None
 
 
@@ -515,6 +515,7 @@ def transfer_card(
     data_note: str | None = "Target-domain labels, when present, were used for evaluation only, never for training.",
     usage: str | None = None,
     kind: str | None = None,
+    sections: list[tuple[str, str]] | None = None,
 ) -> str:
     """The card of a single-task export (plain transfer, one task of a multi-task model). ``pipeline_tag`` is
     ``"text-classification"`` or ``"image-classification"``; it sets the tag, the wording and the loading snippet.
@@ -548,6 +549,7 @@ def transfer_card(
         recipe_yaml=recipe_yaml,
         hub_model_id=hub_model_id,
         data_note=data_note,
+        sections=list(sections or []),
     )
     return build_card(content)
 
@@ -578,6 +580,37 @@ def transfer_evaluations(recipe, metrics: dict[str, Any], *, task_type: str) -> 
     return out
 
 
+#: card sections a method's ``prepare`` hook leaves beside the model: ``{method: [[heading, markdown], ...]}``
+CARD_SECTIONS_FILE = "card_sections.json"
+
+
+def write_card_section(output_dir: str | os.PathLike, method: str, heading: str, body: str) -> None:
+    """Record a section (``## heading``) for the card of the model ``output_dir`` will hold; shown when ``method``
+    is one of the run's methods (a stale entry of a method the next run drops is never shown)."""
+    import json
+
+    from .outputs import atomic_write_json
+
+    path = Path(output_dir) / CARD_SECTIONS_FILE
+    sections = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    sections[method] = [[heading, body]]
+    atomic_write_json(path, sections)
+
+
+def method_sections(output_dir: str | os.PathLike, methods: list[str]) -> list[tuple[str, str]]:
+    """The sections :func:`write_card_section` recorded for ``methods``, in their order."""
+    import json
+
+    path = Path(output_dir) / CARD_SECTIONS_FILE
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        return []
+    if not isinstance(recorded, dict):
+        return []
+    return [(str(h), str(b)) for m in methods for h, b in (recorded.get(m) or [])]
+
+
 def recipe_card(recipe, metrics: dict[str, Any], recipe_yaml: str, *, hub_model_id: str | None = None,
                 id2label: dict[int, str] | None = None, task: Any = None) -> str:
     """The card of a plain transfer run (:func:`hf_transfer.run.train`), from its recipe, metrics and the trained
@@ -605,4 +638,5 @@ def recipe_card(recipe, metrics: dict[str, Any], recipe_yaml: str, *, hub_model_
         id2label=id2label,
         usage=fields["usage"],
         kind=fields["kind"],
+        sections=method_sections(recipe.training.output_dir, list(recipe.methods.method)),
     )

@@ -343,6 +343,7 @@ FAMILIES = (
             "fomaml": "first-order MAML: meta-gradients from an inner SGD loop on each episode",
             "reptile": "Reptile: move the weights toward those an inner SGD loop reaches on each episode",
             "hypernet": "a task-conditioned head generated from the support set",
+            "contrastive": "the cosine-similarity loss over pairs of an episode's rows (SetFit's objective)",
         },
     ),
     Family(

@@ -144,6 +144,8 @@ def train_help() -> str:
                       "or `lifelong_method` (lifelong) add their own fields:", 0),
             _wrap("`hf-transfer methods multitask`, `hf-transfer methods meta`, `hf-transfer methods lifelong`; "
                   "docs/multitask.md and docs/meta_lifelong.md.", 2),
+            "", _wrap("Pre-training on unlabelled text (`train_data:`, continued masked-LM training whose output a "
+                      "task recipe starts from) has its own fields: recipes/pretrain/README.md.", 0),
             "", _wrap("Names from TRL and the transformers example scripts are pointed to ours: --lora_r is "
                       "--peft.r, --dataset_name is --source_data, --max_seq_length is --max_length, --config FILE is "
                       "the recipe.", 0)]
@@ -196,11 +198,13 @@ def _evaluate(argv: list[str]) -> int:
     few.add_argument("--n_query", type=int, default=16, help="query rows per class and episode")
     few.add_argument("--n_way", type=int, help="classes per episode (default: all)")
     few.add_argument("--query_data", help="draw query rows from this labelled file (default: the rest of --data)")
-    few.add_argument("--adapt", help="protonet, maml, hypernet, finetune or probe (default: the model's meta "
-                                     "method, else finetune)")
+    few.add_argument("--adapt", help="protonet, maml, hypernet, finetune, probe or contrastive (default: the model's "
+                                     "meta method, else finetune)")
+    few.add_argument("--export", help="with --adapt contrastive: save episode 0's classifier here (SetFit folder)")
     few.add_argument("--seed", type=int, default=0, help="episodes' seed; also the bootstrap's")
+    contrastive = (("contrastive_iterations", int), ("contrastive_lr", float), ("contrastive_params", str))
     for name, kind in (("finetune_steps", int), ("finetune_lr", float), ("finetune_head_lr", float),
-                       ("inner_steps", int), ("inner_lr", float), ("distance", str)):
+                       ("inner_steps", int), ("inner_lr", float), ("distance", str), *contrastive):
         few.add_argument(f"--{name}", type=kind)
     a = parser.parse_args(argv)
     if a.shots is not None:
@@ -208,11 +212,13 @@ def _evaluate(argv: list[str]) -> int:
         from .meta.trainer import few_shot_evaluate
 
         settings = {k: getattr(a, k) for k in ("finetune_steps", "finetune_lr", "finetune_head_lr", "inner_steps",
-                                               "inner_lr", "distance") if getattr(a, k) is not None}
+                                               "inner_lr", "distance", *(n for n, _ in contrastive))
+                    if getattr(a, k) is not None}
         metrics = few_shot_evaluate(a.model_dir, a.data, shots=a.shots, episodes=a.episodes, n_query=a.n_query,
                                     n_way=a.n_way, adapt=a.adapt, query_data=a.query_data, split=a.split,
                                     text_column=a.text_column or "text", label_column=a.label_column or "label",
-                                    max_length=a.max_length or DEFAULT_MAX_LENGTH, seed=a.seed, **settings)
+                                    max_length=a.max_length or DEFAULT_MAX_LENGTH, seed=a.seed, export=a.export,
+                                    **settings)
         print(json.dumps(metrics, indent=2))
         return 0
     metrics = evaluate(a.model_dir, a.data, text_column=a.text_column, text_pair_column=a.text_pair_column,

@@ -28,7 +28,7 @@ import torch
 from datasets import ClassLabel, Dataset, IterableDataset, Value, concatenate_datasets
 
 from .batching import MODEL_INPUT_KEYS, TARGET_PREFIX, add_batch_labels  # noqa: F401  (also named here)
-from .errors import DataError
+from .errors import DataError, RecipeError
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,50 @@ class InMemoryData(str):
 IN_MEMORY_PREFIX = "<in-memory "
 
 
+class DataFiles(str):
+    """Several files, folders or Hub ids read as one table (``source_data: [news.txt, politics.txt]``): their rows
+    one after the other, in the order given (a file listed twice counts twice: a small set can be oversampled). A
+    string to every reader of the recipe (``"news.txt + politics.txt"`` in messages and the card) that carries the
+    list for :func:`load_table` and the tasks' ``read_table``; ``recipe.yaml`` saves the list."""
+
+    specs: tuple[str, ...]
+
+    def __new__(cls, specs: Sequence[str]):
+        text = super().__new__(cls, " + ".join(specs))
+        text.specs = tuple(specs)
+        return text
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __reduce__(self):
+        return (DataFiles, (list(self.specs),))
+
+
+def data_files(value: Any, *, field: str) -> DataFiles:
+    """A recipe's list of data files as a :class:`DataFiles`; refuses anything but a non-empty list of paths/ids."""
+    if not isinstance(value, (list, tuple)) or not value or not all(
+            isinstance(v, (str, os.PathLike)) and str(v) for v in value):
+        raise RecipeError(f"{field}: expected a non-empty list of files, folders or Hub ids (read as one table), got "
+                          f"{value!r}")
+    return DataFiles([os.fspath(v) for v in value])
+
+
+def concatenate_tables(tables: Sequence[Any], specs: Sequence[str], *, field: str) -> Any:
+    """The tables of a :class:`DataFiles` as one, refusing files whose columns or column types differ."""
+    first = tables[0].column_names
+    for table, spec in zip(tables[1:], specs[1:]):
+        if first is not None and table.column_names is not None and sorted(table.column_names) != sorted(first):
+            raise DataError(f"{field}: {spec!r} has the columns {table.column_names}, {specs[0]!r} has {first}; "
+                            "every file of the list needs the same columns")
+    try:
+        return datasets.concatenate_datasets(list(tables))
+    except ValueError as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"{field}: the files {list(specs)} hold the same columns with different types ({reason}); "
+                        "give them the same types") from None
+
+
 def in_memory_data(value: Any, *, field: str, split: str) -> InMemoryData:
     """``value`` (a ``datasets.Dataset``, or a ``DatasetDict`` whose ``split`` is taken) as a recipe data field."""
     if isinstance(value, datasets.DatasetDict):
@@ -114,6 +158,9 @@ def load_table(
     """
     if isinstance(spec, InMemoryData):
         return spec.dataset.to_iterable_dataset() if streaming else spec.dataset
+    if isinstance(spec, DataFiles):
+        tables = [load_table(one, field=field, split=split, config=config, streaming=streaming) for one in spec.specs]
+        return concatenate_tables(tables, spec.specs, field=field)
     if spec.startswith(IN_MEMORY_PREFIX):  # a recipe.yaml saved from a run on an in-memory Dataset
         raise DataError(f"{field}: {spec} was an in-memory datasets.Dataset, which a recipe file cannot hold; pass a "
                         "file, folder or Hub id (or the Dataset itself to hf_transfer.train)")

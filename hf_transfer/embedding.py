@@ -56,7 +56,32 @@ def feature_pass(model, *, kind: str, tokens: bool):
 def embed(model, dataset, collator, *, kind: str, batch_size: int, device, desc: str,
           disable_progress: bool = False) -> np.ndarray:
     """Frozen features of every row of a tokenised dataset, shape ``(n, d)``, in dataset order.
-    ``disable_progress`` hides the progress bar (a run's ``disable_tqdm``)."""
+    ``disable_progress`` hides the progress bar (a run's ``disable_tqdm``).
+
+    Rows this model (at its current weights) already embedded with this ``kind`` come from
+    :mod:`hf_transfer.feature_cache`; only the others run through the model."""
+    from . import feature_cache
+
+    store = feature_cache.store_for(model, kind)
+    keys = feature_cache.row_keys(dataset) if store is not None else None
+    if not keys:  # no token ids (images), an empty table, or caching off
+        return _embed_rows(model, dataset, collator, kind=kind, batch_size=batch_size, device=device, desc=desc,
+                           disable_progress=disable_progress)
+    missing = list({key: i for i, key in enumerate(keys) if key not in store}.values())
+    if missing:
+        todo = dataset if len(missing) == len(keys) else dataset.select(missing)
+        fresh = _embed_rows(model, todo, collator, kind=kind, batch_size=batch_size, device=device, desc=desc,
+                            disable_progress=disable_progress)
+        if len(store) + len(missing) > feature_cache.MAX_ROWS:
+            found = {keys[i]: row for i, row in zip(missing, fresh)}
+            return np.stack([found[key] if key in found else store[key] for key in keys])
+        store.update((keys[i], row) for i, row in zip(missing, fresh))
+    return np.stack([store[key] for key in keys])
+
+
+def _embed_rows(model, dataset, collator, *, kind: str, batch_size: int, device, desc: str,
+                disable_progress: bool = False) -> np.ndarray:
+    """Run every row of ``dataset`` through ``model`` (no cache)."""
     from .data import MODEL_INPUT_KEYS
 
     columns = [c for c in MODEL_INPUT_KEYS if c in dataset.column_names]

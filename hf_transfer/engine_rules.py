@@ -129,6 +129,12 @@ def _engine_refusals(
             f"distributed_type: {distributed_type} is not supported for lifelong recipes ({why}); use "
             f"{MULTI_CPU_CONFIG} or recipes/accelerate/ddp.yaml (DDP)"
         )
+    if recipe_kind == "pretrain":
+        problems.append(
+            f"distributed_type: {distributed_type} is not supported for pretrain recipes (each process scores its "
+            "share of the held-out text outside the engine, and the export merges and saves the whole model; "
+            f"neither was run under a sharding engine); use {MULTI_CPU_CONFIG} or recipes/accelerate/ddp.yaml (DDP)"
+        )
     if parametric_methods and distributed_type == "FSDP" and fsdp_version != 2:
         # Under FSDP2 and DeepSpeed the trainer makes the method stack a submodule of the model, which the engine
         # shards and optimises with the model (tests/test_distributed_equivalence.py). FSDP1 was never run so.

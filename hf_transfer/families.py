@@ -8,9 +8,10 @@ one :func:`register_family` line in its ``__init__.py``. The core (``load_recipe
 check) finds a family here and never by importing one by name.
 
 A recipe's family is chosen by its keys: a family registers the key that selects it (``meta_method``,
-``lifelong_method``, ``tasks``) and a priority (meta and lifelong recipes also have ``tasks``, so they are asked
-first). Recipes with none of those keys are ``transfer`` recipes, read by :func:`hf_transfer.recipe.load_recipe`
-itself. The built-in family packages are imported on first lookup only, so a flat recipe never pays for them.
+``lifelong_method``, ``tasks``, ``train_data``) and a priority (meta and lifelong recipes also have ``tasks``, so
+they are asked first). Recipes with none of those keys are ``transfer`` recipes, read by
+:func:`hf_transfer.recipe.load_recipe` itself. The built-in family packages are imported on first lookup only, so a
+flat recipe never pays for them.
 
 This is a leaf module (standard library only): every layer may import it.
 """
@@ -28,7 +29,9 @@ DEFAULT_FAMILY = "transfer"
 
 #: The packages of the built-in families other than ``transfer``; importing one runs its ``register_family`` line.
 #: A family from another package registers itself when that package is imported.
-BUILTIN_FAMILY_PACKAGES = ("hf_transfer.meta", "hf_transfer.lifelong", "hf_transfer.multitask")
+BUILTIN_FAMILY_PACKAGES = (
+    "hf_transfer.meta", "hf_transfer.lifelong", "hf_transfer.multitask", "hf_transfer.pretrain",
+)
 #: Where the default family registers itself (beside ``train``, which every run passes through first).
 DEFAULT_FAMILY_MODULE = "hf_transfer.run"
 

@@ -67,6 +67,15 @@ class ModelArguments:
         default=None,
         metadata={"help": "Train only the top N encoder layers (and the head); the rest stays frozen."},
     )
+    cache_frozen: str = field(
+        default="auto",
+        metadata={
+            "help": "With freeze_backbone or trainable_layers: compute the frozen layers' outputs for each row once "
+            "and train only the top (auto: where that holds, else off with the reason logged; true: on or an "
+            "error saying why not; false: off). See docs/recipes.md.",
+            "choices": ["auto", "true", "false"],
+        },
+    )
     gradual_unfreezing_steps: int | None = field(
         default=None,
         metadata={
@@ -117,6 +126,9 @@ class ModelArguments:
             raise RecipeError(f"gradual_unfreezing_steps: must be > 0, got {self.gradual_unfreezing_steps}")
         if not 0 < self.layerwise_lr_decay <= 1:
             raise RecipeError(f"layerwise_lr_decay: must be in (0, 1], got {self.layerwise_lr_decay}")
+        from .frozen_prefix import normalise_setting
+
+        self.cache_frozen = normalise_setting(self.cache_frozen)
         plans = [self.freeze_backbone, self.trainable_layers is not None, self.gradual_unfreezing_steps is not None]
         if sum(plans) > 1:
             raise RecipeError(
@@ -130,7 +142,8 @@ class DataArguments:
 
     source_data: str = field(
         default=DEFAULT_SOURCE,
-        metadata={"help": "Labelled source data: a JSON Lines / CSV / Parquet file, a folder, or a Hub dataset id."},
+        metadata={"help": "Labelled source data: a JSON Lines / CSV / Parquet file, a folder, or a Hub dataset id; a "
+                  "YAML list of them is read as one table (their rows in order; labels: the union)."},
     )
     source_split: str = field(default="train", metadata={"help": "Split of source_data to train on."})
     source_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration of source_data."})
@@ -153,7 +166,8 @@ class DataArguments:
         default=None,
         metadata={
             "help": "What the model learns (docs/tasks.md): text-classification, image-classification, "
-            "multi-label-classification (label_column holds a list of classes per row). Default: inferred, "
+            "multi-label-classification (label_column holds a list of classes per row), audio-classification "
+            "(audio_column). Default: inferred, "
             "image-classification when image_column is set, else text-classification."
         },
     )
@@ -182,6 +196,22 @@ class DataArguments:
         metadata={
             "help": "Images: random augmentations of the labelled source rows in training, any of hflip, shift, "
             "brightness (NumPy/PIL; no torchvision)."
+        },
+    )
+    audio_column: str = field(
+        default="audio",
+        metadata={
+            "help": "task: audio-classification: the column holding each clip (a file path, relative to the table's "
+            "folder, or a Hub dataset's Audio column). Folders of class sub-folders or with a metadata.csv put the "
+            "clips here themselves (docs/tasks.md)."
+        },
+    )
+    max_audio_seconds: int | None = field(
+        default=None,
+        metadata={
+            "help": "task: audio-classification: pad or cut every clip to this many seconds (1 to the model's "
+            "window; Whisper's is 30). A Whisper encoder is shortened to match, so short clips cost what they "
+            "last. Default: the model's own window."
         },
     )
     label_column: str = field(default="label", metadata={"help": "Column holding the class label."})
@@ -344,7 +374,9 @@ class Recipe:
         for args in (self.model, self.data, self.methods):
             out.update(dataclasses.asdict(args))
         for name in IN_MEMORY_FIELDS:  # an in-memory Dataset is written as its description, a plain string
-            if isinstance(out.get(name), str):
+            if hasattr(out.get(name), "specs"):  # several files (hf_transfer.data.DataFiles): the list
+                out[name] = list(out[name].specs)
+            elif isinstance(out.get(name), str):
                 out[name] = str(out[name])
         if self.peft:
             out["peft"] = dict(self.peft)
@@ -623,7 +655,13 @@ def load_recipe(
     parser = _parser(*_FLAT_CLASSES)
     flat: dict[str, Any] = {}
     for key, value in raw.items():
-        if key in IN_MEMORY_FIELDS and value is not None and not isinstance(value, (str, os.PathLike)):
+        if key == "source_data" and isinstance(value, (list, tuple)) and all(
+                isinstance(v, (str, os.PathLike)) for v in value):  # an empty list: data_files says what it needs
+            # Several files read as one table (hf_transfer.data.DataFiles): e.g. two label sets trained as their union.
+            from .data import data_files
+
+            flat[key] = data_files(value, field=key)
+        elif key in IN_MEMORY_FIELDS and value is not None and not isinstance(value, (str, os.PathLike)):
             # A datasets.Dataset / DatasetDict from Python (hf_transfer.train(source_data=ds)): kept as the table;
             # any other object is refused with the types that work.
             from .data import in_memory_data

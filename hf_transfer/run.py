@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from . import frozen_prefix
 from .backbones import (
     count_parameters,
     find_feature_module,
@@ -150,19 +151,27 @@ def train_transfer(recipe: Recipe, *, callbacks: list | None = None) -> TrainRes
     collator = task.collator(tokenizer)
     metrics: dict[str, Any] = {}
     # `methods`: the built loss modules, so a hook can hand them what only it knows (e.g. class names -> a graph);
-    # `feature_module`: whose input is StepBatch.features. A hook may replace `collator` (mlm adds masked rows).
+    # `feature_module`: whose input is StepBatch.features. A hook may replace `collator` (mlm adds masked rows) and
+    # append TrainerCallbacks to `callbacks` (adabn re-estimates batch-norm statistics at on_train_end).
+    callbacks = list(callbacks or [])
     context = {"data": data, "model": model, "tokenizer": tokenizer, "collator": collator, "args": args,
-               "metrics": metrics, "methods": methods, "feature_module": feature_module}
+               "metrics": metrics, "methods": methods, "feature_module": feature_module, "callbacks": callbacks}
     for name in recipe.methods.method:
         prepare = get_method_spec(name).prepare
         if prepare is not None:
             context = prepare(recipe.method_configs[name], context)
+    collator_replaced = context["collator"] is not collator
     collator = context["collator"]
     # Source vs target t-SNE before and after training, on a bounded sample (main process; docs/diagnostics.md).
     tsne = None
     if task.supports_feature_plot:
         tsne = start_before_after_plot(args, model, data, collator, enabled=recipe.methods.tsne_plot,
                                        rows=recipe.methods.tsne_rows)
+    # cache_frozen (hf_transfer/frozen_prefix.py): the frozen bottom runs once per row, not once per row and epoch.
+    prefix_cache = frozen_prefix.setup(
+        recipe, model, task, tokenizer, collator_replaced=collator_replaced,
+        tables=[data.train, data.target if recipe.needs_target else None, data.source_eval, data.target_eval],
+    )
     if streaming:  # endless, seeded, lazily paired rows (docs/streaming.md)
         d = recipe.data
         data.train = StreamingTrainSet(data.train, data.target if recipe.needs_target else None,
@@ -172,7 +181,6 @@ def train_transfer(recipe: Recipe, *, callbacks: list | None = None) -> TrainRes
     data.train = task.augment(data.train, recipe.data, seed=args.seed)  # e.g. image_augmentation
     selection = build_selection(recipe, model, data, feature_module=feature_module)
 
-    callbacks = list(callbacks or [])
     if recipe.model.gradual_unfreezing_steps:
         callbacks.append(GradualUnfreezing(model, recipe.model.gradual_unfreezing_steps))
     eval_sets = {k: v for k, v in (("source", data.source_eval), ("target", data.target_eval)) if v is not None}
@@ -198,16 +206,23 @@ def train_transfer(recipe: Recipe, *, callbacks: list | None = None) -> TrainRes
                     f"{trainable:,} of {total:,} parameters trainable, {rows}")
 
     start = time.time()
-    train_output = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    metrics.update({
-        "train_runtime": train_output.metrics.get("train_runtime", time.time() - start),
-        "train_loss": train_output.training_loss,
-        "train_steps": trainer.state.global_step,
-        "trainable_parameters": trainable,
-    })
-    for name, dataset in eval_sets.items():
-        result = trainer.evaluate(eval_dataset=dataset, metric_key_prefix=name)
-        metrics.update(evaluation_metrics(result, name))
+    if prefix_cache is not None:
+        prefix_cache.attach()
+    try:
+        train_output = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+        metrics.update({
+            "train_runtime": train_output.metrics.get("train_runtime", time.time() - start),
+            "train_loss": train_output.training_loss,
+            "train_steps": trainer.state.global_step,
+            "trainable_parameters": trainable,
+        })
+        for name, dataset in eval_sets.items():
+            result = trainer.evaluate(eval_dataset=dataset, metric_key_prefix=name)
+            metrics.update(evaluation_metrics(result, name))
+    finally:
+        if prefix_cache is not None:  # the model is exported and returned with its ordinary forward
+            prefix_cache.detach()
+            prefix_cache.close()
     if selection is not None:  # which evaluation each label-free validator picks (and its target accuracy)
         metrics.update(selection_summary(trainer.state.log_history, selection.validators))
     output_dir = Path(args.output_dir)
@@ -332,7 +347,7 @@ def evaluate(
     """
     from tqdm.auto import tqdm
 
-    from .data import load_table, require_column
+    from .data import require_column
     from .evaluation import read_model_folder, resolve_settings
     from .tasks import get_task
 
@@ -348,7 +363,7 @@ def evaluate(
                          label_column=label_column, image_column=image_column, max_length=max_length, metrics=metrics)
     task = get_task(s.task)  # the folder's task (its recipe.yaml), or image classification for --image_column
     suite = task.compute_metrics(s.metrics)
-    table = load_table(data, field="data", split=split, config=config)
+    table = task.read_evaluation_table(data, s, split=split, config=config)  # a task's own format (CoNLL) too
     for column, option in [*task.evaluation_columns(s), (s.label_column, "label_column")]:
         require_column(table, column, field="data", spec=data, option=option)
 
@@ -357,8 +372,7 @@ def evaluate(
     id2label = {int(k): v for k, v in model.config.id2label.items()}
     if hasattr(suite, "id2label"):
         suite.id2label = id2label  # entity metrics read a token classifier's tags by name
-    table, labels = task.evaluation_labels(table, s.label_column, id2label, spec=data)
-    batch_inputs = task.evaluation_inputs(table, processor, s)
+    batch_inputs, labels = task.evaluation_data(table, processor, s, id2label, spec=data)
 
     logits = []
     # disable=None: a bar on a terminal, none when stderr is a file or a pipe

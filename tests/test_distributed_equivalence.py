@@ -89,6 +89,15 @@ def cases(model_dir: str, review_files: dict) -> dict[str, tuple[dict, tuple[str
         "dann_save2": {"method": "dann", "save_steps": 2, "dann": DANN},
     }
     out = {name: (transfer_recipe(model_dir, review_files, **extra), BATCH) for name, extra in transfer.items()}
+    if "conll_source" in review_files:
+        # A tagger: the token loss over every process's labelled tokens, and DANN, MMD and the MLM loss over every
+        # process's token rows (each process holds a different number of them).
+        out["token_mlm_dann_mmd"] = ({
+            **transfer_recipe(model_dir, review_files), "task": "token-classification",
+            "source_data": review_files["conll_source"], "target_data": review_files["conll_target"],
+            "metrics": ["seqeval"], "selection_validators": [], "source_eval_fraction": 0.0,
+            "method": ["mlm", "dann", "mmd"], "dann": DANN,
+            "mlm": {"mlm_probability": 1.0, "mask_replace_prob": 1.0, "random_replace_prob": 0.0}}, BATCH)
     out["multitask"] = ({**common(model_dir), "save_strategy": "no",
                          "tasks": [{"name": "books", "data": review_files["source"]},
                                    {"name": "kitchen", "data": review_files["target"]}]}, BATCH)
@@ -182,13 +191,20 @@ def start(folder: Path, group: str, names: list[str], all_cases: dict, *, proces
 
 # In each launch the task-list recipes (multitask, meta) come last: a recipe that raises on one of several processes
 # stops the ones after it (tests/train_many.py).
-ONE = ["finetune", "iw_dann_mmd", "l2sp_bss_lwf", "mlm_dann", "mmd", "lora", "multitask", "meta"]
-DDP = ["finetune", "iw_dann_mmd", "l2sp_bss_lwf", "mlm_dann", "dann_unclipped", "multitask", "meta"]
+ONE = ["finetune", "iw_dann_mmd", "l2sp_bss_lwf", "mlm_dann", "token_mlm_dann_mmd", "mmd", "lora", "multitask",
+       "meta"]
+DDP = ["finetune", "iw_dann_mmd", "l2sp_bss_lwf", "mlm_dann", "token_mlm_dann_mmd", "dann_unclipped", "multitask",
+       "meta"]
 
 
 @pytest.fixture(scope="module")
-def all_cases(no_dropout_model_dir, review_files) -> dict:
-    return cases(no_dropout_model_dir, review_files)
+def all_cases(no_dropout_model_dir, review_files, tmp_path_factory) -> dict:
+    from tests.test_token_classification import SOURCE, TARGET, write_conll
+
+    folder = tmp_path_factory.mktemp("conll")
+    conll = {"conll_source": write_conll(folder / "source.txt", SOURCE * 4),
+             "conll_target": write_conll(folder / "target.txt", TARGET * 4)}
+    return cases(no_dropout_model_dir, {**review_files, **conll})
 
 
 @pytest.fixture(scope="module")
@@ -313,6 +329,15 @@ def test_mlm_with_dann(ddp, one):
     assert_same_metrics(one, two, ["train_loss", "target_accuracy", "target_loss"])
     assert_same_weights(one, two)
     # the MLM head and the discriminator too
+    assert_same_weights(one / f"checkpoint-{STEPS}", two / f"checkpoint-{STEPS}", "transfer_methods.safetensors")
+
+
+def test_token_classification_with_mlm_dann_and_mmd(ddp, one):
+    one, two = one.dir("token_mlm_dann_mmd"), ddp.dir("token_mlm_dann_mmd")
+    history = assert_same_history(one, two)
+    assert all(h["mlm/loss"] > 1 and abs(h["mmd/loss"]) > 1e-6 for h in history)  # every term is in play
+    assert_same_metrics(one, two, ["train_loss", "target_f1", "target_accuracy"])
+    assert_same_weights(one, two)
     assert_same_weights(one / f"checkpoint-{STEPS}", two / f"checkpoint-{STEPS}", "transfer_methods.safetensors")
 
 

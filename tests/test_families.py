@@ -19,8 +19,8 @@ from hf_transfer.tasklists.recipe import TaskListRecipe
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_the_four_families_are_registered():
-    assert available_families() == ["lifelong", "meta", "multitask", "transfer"]
+def test_the_five_families_are_registered():
+    assert available_families() == ["lifelong", "meta", "multitask", "pretrain", "transfer"]
     assert get_family("transfer").train is hf_transfer.run.train_transfer
 
 
@@ -28,6 +28,7 @@ def test_the_four_families_are_registered():
     (["tasks", "sharing"], "multitask"),
     (["tasks", "meta_method", "test_tasks"], "meta"),
     (["lifelong_method", "tasks"], "lifelong"),
+    (["train_data", "max_steps"], "pretrain"),
     (["tasks.books.data"], "multitask"),  # a dotted override counts by its first part
     (["learning_rate", "method"], None),
 ])

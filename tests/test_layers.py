@@ -1,9 +1,10 @@
 """The package's layers, as its imports draw them: no module imports one above it (imports inside functions count).
 
 From the top down: the CLI; ``run`` (``train``/``evaluate``, the flat family); the family packages side by side
-(``multitask``, ``meta``, ``lifelong``), none importing another; the task-list core (``tasklists``); the recipe; the
-methods and diagnostics; the task registry, data, backbones and the leaves (``families``, ``defaults``, ``errors``,
-``distributed``). A family is found through :mod:`hf_transfer.families`, never imported by the core by name.
+(``multitask``, ``meta``, ``lifelong``, ``pretrain``), none importing another; the task-list core (``tasklists``);
+the recipe; the methods and diagnostics; the task registry, data, backbones and the leaves (``families``,
+``defaults``, ``errors``, ``distributed``). A family is found through :mod:`hf_transfer.families`, never imported by
+the core by name.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "hf_transfer"
-FAMILY_PACKAGES = ("multitask", "meta", "lifelong")
+FAMILY_PACKAGES = ("multitask", "meta", "lifelong", "pretrain")
 
 
 def _module_name(path: Path) -> str:
@@ -65,6 +66,7 @@ RULES = [
     ("batching", ["data", "vision", "tasks", "methods", "recipe", "run"]),
     ("tasks", ["run", "cli", "recipe", "trainer", "methods", "diagnostics", "tasklists", *FAMILY_PACKAGES]),
     ("vision", ["data", "tasks", "run", "recipe", "methods"]),
+    ("audio", ["data", "tasks", "run", "recipe", "methods", "trainer", "cli"]),
     ("embedding", ["methods", "diagnostics", "recipe", "run", "cli", "trainer", *FAMILY_PACKAGES]),
     ("engine_rules", ["recipe", "run", "launch_check", "cli", *FAMILY_PACKAGES]),
     ("methods", ["run", "recipe", "launch_check", "cli", "trainer", "diagnostics", "tasklists", *FAMILY_PACKAGES]),

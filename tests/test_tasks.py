@@ -21,8 +21,8 @@ from hf_transfer.tasks import registry as task_registry
 
 
 def test_registered_tasks():
-    assert available_tasks() == ["image-classification", "multi-label-classification", "text-classification",
-                                 "token-classification"]
+    assert available_tasks() == ["audio-classification", "image-classification", "multi-label-classification",
+                                 "text-classification", "token-classification"]
     text, image = get_task("text-classification"), get_task("image-classification")
     assert (text.pipeline_tag, text.auto_class_name, text.peft_task_type) == \
         ("text-classification", "AutoModelForSequenceClassification", "SEQ_CLS")

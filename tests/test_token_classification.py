@@ -299,14 +299,16 @@ def test_dann_sees_one_row_per_token_of_both_domains(token_recipe, monkeypatch):
 def test_shipped_recipes_load():
     folder = REPO / "recipes" / "token_classification"
     paths = sorted(folder.glob("*.yaml"))
-    assert {p.name for p in paths} >= {"finetune.yaml", "dann.yaml"}
+    assert {p.name for p in paths} >= {"finetune.yaml", "dann.yaml", "mmd.yaml", "coral.yaml", "lora.yaml",
+                                       "conll_source.yaml", "politics_from_conll.yaml", "mlm_politics.yaml",
+                                       "union_politics.yaml"}
     for path in paths:
         recipe = load_recipe(str(path))
         assert recipe.data.resolved_task.name == "token-classification"
         assert recipe.data.text_column == "tokens" and recipe.data.label_column == "ner_tags"
 
 
-@pytest.mark.parametrize("method", ["instance_weighting", "lwf", "mlm", "graph_laplacian"])
+@pytest.mark.parametrize("method", ["instance_weighting", "lwf", "graph_laplacian"])
 def test_methods_not_carried_to_token_rows_are_refused(method):
     with pytest.raises(RecipeError, match=rf"^method: {method} is not available for task token-classification"):
         load_recipe({"task": "token-classification", "method": method, "target_data": None,

@@ -4,11 +4,14 @@
 * :mod:`~hf_transfer.meta.protonet`: prototypical networks (Euclidean or cosine) on any HF encoder, full or LoRA;
 * :mod:`~hf_transfer.meta.maml`: first-order MAML and Reptile over the encoder, its LoRA parameters or a head;
 * :mod:`~hf_transfer.meta.hypernet`: a task-conditioned head generated from the support set;
+* :mod:`~hf_transfer.meta.contrastive`: contrastive-pair adaptation (SetFit's objective) and a logistic-regression
+  head, exported as a SetFit folder by :mod:`~hf_transfer.meta.setfit_export`;
 * :mod:`~hf_transfer.meta.evaluation`: few-shot accuracy, mean and 95% interval over episodes;
 * :func:`train_meta`: a recipe with ``meta_method`` in, a meta-trained encoder out (docs/meta_lifelong.md).
 """
 
 from ..families import FamilySpec, register_family
+from .contrastive import ContrastiveClassifier, contrastive_adapt, contrastive_pairs
 from .episodes import Episode, EpisodeSampler, label_subset_tasks
 from .evaluation import FewShotResult, RowPool, evaluate_few_shot, mean_confidence_interval
 from .hypernet import HyperHead
@@ -26,6 +29,7 @@ register_family(FamilySpec(
 
 __all__ = [
     "ADAPT_METHODS",
+    "ContrastiveClassifier",
     "META_METHODS",
     "Embedder",
     "Episode",
@@ -37,6 +41,8 @@ __all__ = [
     "MetaArguments",
     "MetaRecipe",
     "RowPool",
+    "contrastive_adapt",
+    "contrastive_pairs",
     "episode_head",
     "evaluate_few_shot",
     "fomaml_gradients",

@@ -83,6 +83,11 @@ class RowPool:
         return torch.stack([self.cache[key, int(i)] for i in index])
 
 
+def episode_seed(seed: int, index: int) -> int:
+    """The seed of episode ``index``'s own random draws (contrastive pairs, dropout), apart for every episode."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
+
+
 def evaluate_few_shot(
     learner: EpisodicLearner,
     support: RowPool,
@@ -96,11 +101,14 @@ def evaluate_few_shot(
     query: RowPool | None = None,
     query_labels: Sequence[int] | None = None,
     seed: int = 0,
+    unlabelled: RowPool | None = None,
 ) -> FewShotResult:
     """Few-shot accuracy of ``learner`` on one task over ``episodes`` seeded episodes.
 
     Support rows come from ``support``; query rows from ``query`` when given (a held-out test table), else from
     ``support`` disjoint from each episode's shots. Every method sees the same episodes for the same seed.
+    ``unlabelled``: rows of the task without their labels, for ``contrastive``'s self-training (the learner's
+    ``self_training_rounds``).
     """
     if episodes < MIN_EPISODES:
         raise ValueError(f"episodes: at least {MIN_EPISODES} for an interval, got {episodes}")
@@ -122,8 +130,13 @@ def evaluate_few_shot(
                 logits = learner.adapt_and_predict({"which": "support"}, s_labels, {"which": "query"}, ep.n_way,
                                                    adapt, embed=lambda b, lookup=lookup: lookup[b["which"]])
             else:
+                extra = {}
+                if adapt == "contrastive":
+                    extra["seed"] = episode_seed(seed, ep.index)
+                    if unlabelled is not None:
+                        extra["unlabelled"] = unlabelled.batch(range(len(unlabelled.rows)))
                 logits = learner.adapt_and_predict(support.batch(ep.support), s_labels, query.batch(ep.query),
-                                                   ep.n_way, adapt)
+                                                   ep.n_way, adapt, **extra)
             preds = logits.argmax(-1).cpu().numpy()
             result.accuracies.append(float((preds == ep.query_labels).mean()))
     finally:

@@ -1,5 +1,6 @@
 """One object that meta-trains on an episode and adapts to one: prototypical networks, first-order MAML, Reptile,
-the hypernetwork head, and plain fine-tuning (the few-shot baseline), all on the same :class:`Embedder`.
+the hypernetwork head, contrastive pairs (:mod:`~hf_transfer.meta.contrastive`), and plain fine-tuning (the few-shot
+baseline), all on the same :class:`Embedder`.
 
 Batches are dicts of padded tensors (``input_ids``, ``attention_mask`` ...); labels are episode labels ``0..N-1``.
 """
@@ -27,10 +28,11 @@ from .maml import (
 )
 from .protonet import Embedder, default_temperature, protonet_loss, prototype_logits
 
-META_METHODS = ("protonet", "fomaml", "reptile", "hypernet")
-ADAPT_METHODS = ("protonet", "maml", "hypernet", "finetune", "probe")
+META_METHODS = ("protonet", "fomaml", "reptile", "hypernet", "contrastive")
+ADAPT_METHODS = ("protonet", "maml", "hypernet", "finetune", "probe", "contrastive")
 #: how a model meta-trained with each method adapts to a new task by default
-DEFAULT_ADAPT = {"protonet": "protonet", "fomaml": "maml", "reptile": "maml", "hypernet": "hypernet"}
+DEFAULT_ADAPT = {"protonet": "protonet", "fomaml": "maml", "reptile": "maml", "hypernet": "hypernet",
+                 "contrastive": "contrastive"}
 
 Batch = dict[str, torch.Tensor]
 
@@ -50,10 +52,27 @@ class LearnerConfig:
     finetune_steps: int = 20
     finetune_lr: float = 3e-5
     finetune_head_lr: float = 1e-2
+    # adapt: contrastive (hf_transfer.meta.contrastive)
+    contrastive_iterations: int = 5
+    contrastive_batch_size: int = 16
+    contrastive_lr: float | None = None
+    contrastive_epochs: int = 1
+    contrastive_params: str = "all"
+    contrastive_lora_r: int = 8
+    contrastive_normalize: bool = True
+    self_training_rounds: int = 0
+    self_training_fraction: float = 0.5
 
     @property
     def tau(self) -> float:
         return self.temperature if self.temperature is not None else default_temperature(self.distance)
+
+    @property
+    def contrastive_learning_rate(self) -> float:
+        """``contrastive_lr``, by default 2e-5 for every weight (SetFit's body rate) and 1e-3 for a LoRA adapter."""
+        if self.contrastive_lr is not None:
+            return self.contrastive_lr
+        return 1e-3 if self.contrastive_params == "lora" else 2e-5
 
 
 class EpisodicLearner(nn.Module):
@@ -93,6 +112,13 @@ class EpisodicLearner(nn.Module):
         (query loss; the last support loss for Reptile). The caller steps the optimiser."""
         c = self.config
         method = c.meta_method
+        if method == "contrastive":
+            from .contrastive import contrastive_meta_loss
+
+            s, q = self.embedder(**support), self.embedder(**query)
+            loss = contrastive_meta_loss(torch.cat([s, q]), torch.cat([support_labels, query_labels]))
+            loss.backward()
+            return float(loss.detach())
         if method in ("protonet", "hypernet"):
             s, q = self.embedder(**support), self.embedder(**query)
             if method == "protonet":
@@ -135,13 +161,18 @@ class EpisodicLearner(nn.Module):
     # ---- adaptation ---------------------------------------------------------------------------------------------
 
     def adapt_and_predict(self, support: Batch, support_labels: torch.Tensor, query: Batch, n_way: int,
-                          adapt: str, *, embed: Callable[[Batch], torch.Tensor] | None = None) -> torch.Tensor:
+                          adapt: str, *, embed: Callable[[Batch], torch.Tensor] | None = None, seed: int = 0,
+                          unlabelled: Batch | None = None) -> torch.Tensor:
         """Adapt to an episode's support set and return ``(Q, N)`` query logits; the model is unchanged after.
 
         ``embed`` (default: the embedder under ``no_grad``) lets a caller reuse cached embeddings for the methods
         that do not change the encoder (``protonet``, ``hypernet``, ``maml`` with ``inner_params: head``).
+        ``seed`` (the episode's) seeds ``contrastive``'s pairs and dropout; ``unlabelled`` rows of the task feed its
+        self-training (``self_training_rounds``).
         """
         c = self.config
+        if adapt == "contrastive":
+            return self.contrastive(support, support_labels, seed=seed, unlabelled=unlabelled).logits(query)
         embed = embed or self._embed_no_grad
         if adapt == "protonet":
             from .protonet import prototypes
@@ -171,6 +202,21 @@ class EpisodicLearner(nn.Module):
         if adapt == "probe":
             return self._probe(embed(support), support_labels, embed(query), n_way)
         raise ValueError(f"adapt: unknown {adapt!r}; choose one of {', '.join(ADAPT_METHODS)}")
+
+    def contrastive(self, support: Batch, support_labels: torch.Tensor, *, seed: int = 0,
+                    unlabelled: Batch | None = None):
+        """Contrastive-pair adaptation of a copy of the encoder on the support rows, then a logistic-regression head
+        (:func:`hf_transfer.meta.contrastive.contrastive_adapt`); returns the
+        :class:`~hf_transfer.meta.contrastive.ContrastiveClassifier`. The model is unchanged."""
+        from .contrastive import contrastive_adapt
+
+        c = self.config
+        return contrastive_adapt(
+            self.embedder, support, support_labels, iterations=c.contrastive_iterations,
+            batch_size=c.contrastive_batch_size, lr=c.contrastive_learning_rate, epochs=c.contrastive_epochs,
+            params=c.contrastive_params, lora_r=c.contrastive_lora_r, normalize=c.contrastive_normalize, seed=seed,
+            unlabelled=unlabelled, self_training_rounds=c.self_training_rounds,
+            self_training_fraction=c.self_training_fraction)
 
     def _probe(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
                n_way: int) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 ```yaml
 model_name_or_path: sentence-transformers/all-MiniLM-L6-v2
-meta_method: protonet        # protonet | fomaml | reptile | hypernet
+meta_method: protonet        # protonet | fomaml | reptile | hypernet | contrastive
 n_way: 2
 k_shot: 8
 n_query: 16
@@ -32,6 +32,7 @@ from ..tasklists.recipe import (  # noqa: F401  (TaskListRecipe, resolve_recipe 
     load_task_list_recipe,
     resolve_recipe,
 )
+from .contrastive import CONTRASTIVE_PARAMS
 from .learner import ADAPT_METHODS, META_METHODS
 from .maml import HEAD_INITS, INNER_PARAMS
 from .protonet import DISTANCES, POOLINGS
@@ -43,8 +44,9 @@ class MetaArguments:
 
     meta_method: str = field(
         default="protonet",
-        metadata={"help": "protonet (prototypical networks), fomaml (first-order MAML), reptile, or hypernet (a "
-                          "task-conditioned head generated from the support set)."},
+        metadata={"help": "protonet (prototypical networks), fomaml (first-order MAML), reptile, hypernet (a "
+                          "task-conditioned head generated from the support set), or contrastive (the cosine loss "
+                          "over every pair of an episode's rows; adapts with contrastive by default)."},
     )
     n_way: int | None = field(default=None, metadata={"help": "Classes per episode (default: all of a task's)."})
     k_shot: int = field(default=8, metadata={"help": "Support rows per class in a meta-training episode."})
@@ -75,9 +77,21 @@ class MetaArguments:
     eval_n_query: int = field(default=32, metadata={"help": "Few-shot evaluation: query rows per class."})
     eval_adapt: str | None = field(
         default=None,
-        metadata={"help": "How to adapt at evaluation: protonet, maml, hypernet, finetune (every weight) or probe "
-                          "(a linear head on frozen embeddings) (default: the meta_method's own)."},
+        metadata={"help": "How to adapt at evaluation: protonet, maml, hypernet, finetune (every weight), probe "
+                          "(a linear head on frozen embeddings) or contrastive (contrastive pairs, then a "
+                          "logistic-regression head) (default: the meta_method's own)."},
     )
+    contrastive_iterations: int = field(
+        default=5, metadata={"help": "contrastive: positive pairs (and as many negatives) per labelled row."})
+    contrastive_batch_size: int = field(default=16, metadata={"help": "contrastive: pairs per step."})
+    contrastive_lr: float | None = field(
+        default=None, metadata={"help": "contrastive: AdamW learning rate (default 2e-5; 1e-3 with lora)."})
+    contrastive_epochs: int = field(default=1, metadata={"help": "contrastive: passes over the pairs."})
+    contrastive_params: str = field(
+        default="all", metadata={"help": "contrastive: what adapts, all (every encoder weight) or lora (an adapter)."})
+    contrastive_lora_r: int = field(default=8, metadata={"help": "contrastive with lora: the adapter's rank."})
+    contrastive_normalize: bool = field(
+        default=True, metadata={"help": "contrastive: L2-normalise embeddings before the logistic-regression head."})
 
     def __post_init__(self):
         checks = (("meta_method", META_METHODS), ("distance", DISTANCES), ("pooling", POOLINGS),
@@ -85,6 +99,13 @@ class MetaArguments:
         for name, choices in checks:
             if getattr(self, name) not in choices:
                 raise unknown_choice(name, getattr(self, name), choices)
+        if self.contrastive_params not in CONTRASTIVE_PARAMS:
+            raise unknown_choice("contrastive_params", self.contrastive_params, CONTRASTIVE_PARAMS)
+        for name in ("contrastive_iterations", "contrastive_batch_size", "contrastive_epochs", "contrastive_lora_r"):
+            if getattr(self, name) < 1:
+                raise RecipeError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.contrastive_lr is not None and self.contrastive_lr <= 0:
+            raise RecipeError(f"contrastive_lr: must be > 0, got {self.contrastive_lr}")
         if self.eval_adapt is not None and self.eval_adapt not in ADAPT_METHODS:
             raise unknown_choice("eval_adapt", self.eval_adapt, ADAPT_METHODS)
         for name in ("k_shot", "n_query", "eval_episodes", "eval_n_query", "episodes_per_device"):

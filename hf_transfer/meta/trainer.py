@@ -319,11 +319,13 @@ def few_shot_evaluate(model: str, data: str, *, shots: int, episodes: int = 20, 
                       n_way: int | None = None, adapt: str | None = None, query_data: str | None = None,
                       split: str = "train", query_split: str = "train", text_column: str = "text",
                       label_column: str = "label", max_length: int = 256, seed: int = 0,
-                      **settings: Any) -> dict[str, Any]:
+                      export: str | None = None, **settings: Any) -> dict[str, Any]:
     """``hf-transfer evaluate MODEL --data FILE --shots K``: adapt ``model`` on K labelled rows per class of
     ``data`` and score query rows (from ``query_data`` when given, else the rest of ``data``), over ``episodes``
     seeded episodes. ``model`` is a :func:`train_meta` folder (adapts with its own method by default) or any encoder
     or classifier (fine-tunes by default). ``settings`` are :class:`LearnerConfig` fields (``finetune_steps`` ...).
+    ``export`` (with ``adapt="contrastive"``): save the classifier of episode 0 there as a SetFit folder whose card
+    records K, the episodes and the interval (:mod:`hf_transfer.meta.setfit_export`).
 
     Returns ``{"accuracy", "ci95", "accuracies", "shots", "episodes", "adapt", ...}``.
     """
@@ -336,6 +338,9 @@ def few_shot_evaluate(model: str, data: str, *, shots: int, episodes: int = 20, 
         from ..errors import unknown_choice
 
         raise unknown_choice("adapt", adapt, ADAPT_METHODS)
+    if export and adapt != "contrastive":
+        raise UserError(f"export: only a contrastive few-shot classifier exports (got adapt {adapt!r}); pass "
+                        "--adapt contrastive, or train a model with hf-transfer train to export it")
 
     def table(spec: str, field: str, table_split: str, space=None):
         rows = load_table(spec, field=field, split=table_split)
@@ -357,5 +362,47 @@ def few_shot_evaluate(model: str, data: str, *, shots: int, episodes: int = 20, 
             query_labels=None if query is None else query["labels"], seed=seed)
     except ValueError as err:
         raise UserError(f"shots: {err}") from None
-    return {**result.to_dict(), "n_way": n_way or space.num_labels, "n_query": n_query, "model": model,
-            "data": data, "query_data": query_data}
+    out = {**result.to_dict(), "n_way": n_way or space.num_labels, "n_query": n_query, "model": model,
+           "data": data, "query_data": query_data, "seed": seed}
+    if export:
+        out["export"] = str(_export_episode(learner, tokenizer, support, query, space, out, export=export,
+                                            max_length=max_length, n_way=n_way))
+    return out
+
+
+def _export_episode(learner: EpisodicLearner, tokenizer, support, query, space, result: dict[str, Any], *,
+                    export: str, max_length: int, n_way: int | None) -> Path:
+    """Adapt on episode 0 of the evaluation (the same rows and seed, so the same classifier it scored) with the
+    original class ids, and save it as a SetFit folder (:mod:`hf_transfer.meta.setfit_export`)."""
+    from .episodes import EpisodeSampler
+    from .evaluation import episode_seed
+    from .setfit_export import few_shot_card, save_setfit
+
+    device = next(learner.parameters()).device
+    s_labels = np.asarray(support["labels"], dtype=np.int64)
+    q_labels = None if query is None else np.asarray(query["labels"], dtype=np.int64)
+    sampler = EpisodeSampler([s_labels], n_way=n_way, k_shot=result["shots"], n_query=result["n_query"],
+                             seed=result["seed"], query_labels=None if query is None else [q_labels])
+    ep = sampler.episode(0)
+    s_pool = RowPool(support.to_list(), tokenizer, device)
+    q_pool = s_pool if query is None else RowPool(query.to_list(), tokenizer, device)
+    classifier = learner.contrastive(s_pool.batch(ep.support), torch.as_tensor(ep.classes[ep.support_labels]),
+                                     seed=episode_seed(result["seed"], 0))
+    truth = ep.classes[ep.query_labels]
+    accuracy = float((classifier.predict(q_pool.batch(ep.query)) == truth).mean())
+    labels = list(space.names) if space.from_strings else None
+    settings = {k: v for k, v in dataclasses.asdict(learner.config).items() if k.startswith(("contrastive_", "self_"))}
+    exported = {"index": 0, "accuracy": accuracy, "support": ep.support.tolist()}
+    card = few_shot_card(base_model=result["model"], data=result["data"], query_data=result["query_data"],
+                         shots=result["shots"], result=result, exported_episode=exported, labels=labels,
+                         settings=settings)
+    metrics = {k: result[k] for k in ("shots", "episodes", "accuracy", "ci95", "accuracies", "seed", "n_query")}
+    metrics["exported_episode"] = exported
+    import yaml
+
+    rerun = {k: result[k] for k in ("model", "data", "query_data", "shots", "episodes", "seed", "n_query")}
+    recipe_yaml = ("# the few-shot evaluation that made this folder (hf-transfer evaluate MODEL --data DATA --shots K "
+                   "--adapt contrastive --export DIR; not a training recipe)\n"
+                   + yaml.safe_dump({**rerun, "adapt": "contrastive", **settings}, sort_keys=False))
+    return save_setfit(classifier, tokenizer, export, labels=labels, max_length=max_length, metrics=metrics,
+                       card=card, recipe_yaml=recipe_yaml)

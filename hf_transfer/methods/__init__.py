@@ -1,11 +1,13 @@
 """Transfer objectives, one module each, registered by name (see :mod:`hf_transfer.methods.base`)."""
 
 from . import finetune  # noqa: F401  (registers "finetune")
+from .adabn import AdaBNConfig  # noqa: F401  (registers "adabn")
 from .base import MethodConfig, MethodOutput, StepBatch, TransferMethod
 from .bss import BSS, BSSConfig  # noqa: F401  (registers "bss")
 from .cdan import CDAN, CDANConfig  # noqa: F401  (registers "cdan")
 from .coral import CORAL, CORALConfig  # noqa: F401  (registers "coral")
 from .dann import DANN, DANNConfig  # noqa: F401  (registers "dann")
+from .dsbn import DSBNConfig  # noqa: F401  (registers "dsbn")
 from .entropy import Entropy, EntropyConfig  # noqa: F401  (registers "entropy")
 from .graph_laplacian import GraphLaplacian, GraphLaplacianConfig  # noqa: F401  (registers "graph_laplacian")
 from .instance_weighting import InstanceWeightingConfig  # noqa: F401  (registers "instance_weighting")

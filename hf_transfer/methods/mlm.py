@@ -156,9 +156,10 @@ class TiedOutput(nn.Module):
 
 
 @contextlib.contextmanager
-def _quiet_transformers():
-    """The masked-LM model is loaded for its head only: its load report (the classifier's pooler unexpected, the
-    head missing from a sentence-transformers export) would mislead; what matters is logged here instead."""
+def quiet_transformers():
+    """transformers' load report silenced: loading a masked-LM model from a checkpoint without a masked-LM head (its
+    head missing from a sentence-transformers export, a classifier's pooler unexpected) is the expected case here,
+    which the report describes as a fault; the callers log what matters instead."""
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
@@ -183,7 +184,7 @@ def build_mlm_head(model: nn.Module) -> tuple[nn.Module, list[str]]:
     source = getattr(config, "_name_or_path", "") or getattr(classifier, "name_or_path", "")
     source = resolve_model_path(source) if source else source
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             if source:
                 lm, info = AutoModelForMaskedLM.from_pretrained(source, output_loading_info=True)
             else:  # a model built from a config: nothing to load

@@ -11,8 +11,9 @@ from .base import MethodConfig, TransferMethod
 #: ``prepare(config, context) -> context``: runs once before training, after the model is loaded. ``context`` holds
 #: ``data`` (PreparedData, source rows not yet paired with target rows), ``model``, ``tokenizer``, ``collator`` (a
 #: hook may replace it; training uses the one left there), ``args`` (TrainingArguments), ``metrics`` (a dict that
-#: ends up in metrics.json), ``methods`` (the built ``{name: TransferMethod}``) and ``feature_module`` (whose input
-#: is ``StepBatch.features``; ``None`` when no method has a loss).
+#: ends up in metrics.json), ``methods`` (the built ``{name: TransferMethod}``), ``feature_module`` (whose input
+#: is ``StepBatch.features``; ``None`` when no method has a loss) and, in the flat transfer family, ``callbacks`` (the
+#: run's ``TrainerCallback`` list: a hook may append one, e.g. to act at ``on_train_end`` as ``adabn`` does).
 PrepareHook = Callable[[MethodConfig, dict[str, Any]], dict[str, Any]]
 
 

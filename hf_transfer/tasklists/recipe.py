@@ -96,6 +96,8 @@ NOT_WITH_TASKS: dict[str, str] = {
     "selection_max_target_samples": "the label-free validators apply to flat recipes only",
     "metrics": "recipes with task lists report their family's own metrics (accuracy and macro F1 per task, "
                "few-shot accuracy, the lifelong accuracy matrix)",
+    "cache_frozen": "the frozen-prefix cache serves the flat trainer only (docs/performance.md); task lists run "
+                    "their frozen layers every step",
     "tsne_plot": "the before/after t-SNE compares one source and one target; flat recipes only",
     "tsne_rows": "the before/after t-SNE compares one source and one target; flat recipes only",
     "freeze_backbone": "freezing plans apply to multi-task and lifelong recipes only",

@@ -6,6 +6,7 @@ A recipe's ``task`` field picks one (default: inferred, ``image-classification``
 """
 
 from . import (  # noqa: F401  (register)
+    audio_classification,
     image_classification,
     multi_label_classification,
     text_classification,

@@ -14,7 +14,8 @@ Hooks, in the order a run calls them:
 * model: :meth:`Task.auto_class`, :meth:`Task.config_overrides`, :meth:`Task.build_model`;
 * training: :meth:`Task.compute_metrics`, :meth:`Task.labelled_rows`, :meth:`Task.task_loss`,
   :meth:`Task.method_rows`, :meth:`Task.trainer_class`;
-* export and use: :meth:`Task.card_fields`, :meth:`Task.load_trained`, :meth:`Task.evaluation_inputs`.
+* export and use: :meth:`Task.card_fields`, :meth:`Task.load_trained`, :meth:`Task.evaluation_data` (with
+  :meth:`Task.evaluation_labels` and :meth:`Task.evaluation_inputs`).
 
 Every hook has the behaviour of single-label sequence classification of text as its default; the text task is the
 base class almost as it is. Heavy libraries are imported inside the hooks, so that reading a recipe (and
@@ -287,6 +288,22 @@ class Task:
         if settings.text_pair_column:
             columns.append((settings.text_pair_column, "text_pair_column"))
         return columns
+
+    def read_evaluation_table(self, spec: Any, settings: Any, *, split: str = "train", config: str | None = None):
+        """For ``hf-transfer evaluate``: the labelled table ``spec`` (``settings``:
+        :class:`hf_transfer.evaluation.EvaluationSettings`), through :func:`hf_transfer.data.load_table`."""
+        from ..data import load_table
+
+        return load_table(spec, field="data", split=split, config=config)
+
+    def evaluation_data(self, table: Any, processor: Any, settings: Any, id2label: dict[int, str], *, spec: str
+                        ) -> tuple[Callable[[int, int], dict[str, Any]], Any]:
+        """For ``hf-transfer evaluate``: ``(batch(start, stop), labels)`` of a loaded table, the model inputs of its
+        rows and the labels its predictions are scored against (the scorer's ``compute(predictions, labels)``).
+        Here :meth:`evaluation_labels` then :meth:`evaluation_inputs`; a task whose labels depend on the processor
+        (sub-word tags) makes both at once."""
+        table, labels = self.evaluation_labels(table, settings.label_column, id2label, spec=spec)
+        return self.evaluation_inputs(table, processor, settings), labels
 
     def evaluation_labels(self, table: Any, column: str, id2label: dict[int, str], *, spec: str):
         """``(table with labels, labels array)`` of an evaluated table, in the trained model's classes."""

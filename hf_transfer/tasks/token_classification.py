@@ -39,13 +39,11 @@ IGNORE_INDEX = -100
 CONLL_SUFFIXES = (".txt", ".conll")
 #: methods that read one class id or class probabilities per sentence (the token rows have no such thing)
 REFUSED_METHODS = {
-    "label_relation": "initialises a sentence classifier's head from a source classifier",
     "graph_laplacian": "reads one class id per labelled row",
     # Not yet carried to token rows (they would meet a (rows, positions, width) feature where they expect one vector
     # per sentence): refused rather than run wrong.
     "instance_weighting": "weighs whole sentences by their pooled features, which a token classifier does not give",
     "lwf": "distils the pretrained model's pooled features, which a token classifier does not give",
-    "mlm": "adds masked-sentence rows to the batch, which the token collator does not carry",
 }
 #: what ``metrics`` may list: seqeval's scores (the recipe's default pair means the same)
 SUPPORTED_METRICS = ("seqeval", "accuracy", "macro_f1")
@@ -159,8 +157,9 @@ class TokenCollator:
 
 class TokenMetrics:
     """The Trainer's ``compute_metrics`` for token logits ``(N, T, C)`` and labels ``(N, T)`` (-100: not scored):
-    ``precision``, ``recall``, ``f1`` (entities, micro over types), ``accuracy`` (tags) and ``<type>_f1``, through
-    the shipped ``seqeval`` module; ``intervals`` bootstraps over sentences."""
+    ``precision``, ``recall``, ``f1`` (entities, micro over types), ``accuracy`` (tags) and ``<type>_precision``,
+    ``<type>_recall``, ``<type>_f1``, through the shipped ``seqeval`` module; ``intervals`` bootstraps over
+    sentences."""
 
     def __init__(self, id2label: dict[int, str] | None):
         self.id2label = {int(k): v for k, v in (id2label or {}).items()}
@@ -184,7 +183,9 @@ class TokenMetrics:
         result = load_module("seqeval").compute(predictions=pred, references=true)
         out = {"precision": result["overall_precision"], "recall": result["overall_recall"],
                "f1": result["overall_f1"], "accuracy": result["overall_accuracy"]}
-        out.update({f"{t}_f1": v["f1"] for t, v in result.items() if isinstance(v, dict)})
+        for t, v in result.items():
+            if isinstance(v, dict):
+                out.update({f"{t}_precision": v["precision"], f"{t}_recall": v["recall"], f"{t}_f1": v["f1"]})
         return {k: float(v) for k, v in out.items()}
 
     def __call__(self, eval_pred) -> dict[str, float]:
@@ -192,7 +193,8 @@ class TokenMetrics:
 
     def intervals(self, predictions: Any, label_ids: Any, *, num_resamples: int, confidence: float,
                   seed: int = 0) -> dict[str, tuple[float, float]]:
-        """Percentile bootstrap intervals of ``precision``, ``recall``, ``f1`` and ``accuracy`` over sentences."""
+        """Percentile bootstrap intervals over sentences of ``precision``, ``recall``, ``f1`` and ``accuracy``, and of
+        each type's ``<type>_precision``, ``<type>_recall`` and ``<type>_f1``."""
         from ..metrics import bootstrap_intervals
         from ..metrics.functional import entity_scores, entity_types, sentence_counts
 
@@ -202,8 +204,7 @@ class TokenMetrics:
 
         def score(indices: np.ndarray) -> dict[str, np.ndarray]:
             flat = entity_scores(entities[indices].sum(1), tokens[indices].sum(1), types)
-            return {k.removeprefix("overall_"): flat[k] for k in
-                    ("overall_precision", "overall_recall", "overall_f1", "overall_accuracy")}
+            return {k.removeprefix("overall_"): v for k, v in flat.items() if not k.endswith("_number")}
 
         return bootstrap_intervals(len(true), score, num_resamples=num_resamples, confidence=confidence, seed=seed)
 
@@ -253,6 +254,11 @@ class TokenClassification(Task):
     # ---- data ------------------------------------------------------------------------------------------------
 
     def read_table(self, spec: Any, d: Any, *, field: str, split: str = "train", config: str | None = None):
+        if isinstance(getattr(spec, "specs", None), tuple):  # several files (source_data: [news.txt, politics.txt])
+            from ..data import concatenate_tables
+
+            tables = [self.read_table(one, d, field=field, split=split, config=config) for one in spec.specs]
+            return concatenate_tables(tables, spec.specs, field=field)
         path = Path(os.path.expanduser(str(spec))) if isinstance(spec, (str, os.PathLike)) else None
         if path is not None and path.is_dir() and (path / f"{split}.txt").is_file():
             path = path / f"{split}.txt"
@@ -294,7 +300,8 @@ class TokenClassification(Task):
         rows = self._tags(table, d, field=field, spec=spec)
         values = {v for row in rows for v in row}
         if values and all(isinstance(v, str) for v in values):
-            names = list(d.class_names) if d.class_names else _bio_order(values)
+            # Both tags of every type seen, so that an evaluation set may hold an I-X the training rows lack.
+            names = list(d.class_names) if d.class_names else _bio_order(_with_partners(values))
         elif any(isinstance(v, str) for v in values):
             raise DataError(f"label_column: {field} ({spec!r}) mixes tag names and tag ids; use one kind")
         else:
@@ -393,14 +400,73 @@ class TokenClassification(Task):
         sentence = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(mask)[mask]
         return MethodRows(logits[mask], features[mask], labels[mask], domain[sentence], per_sentence[sentence])
 
+    # ---- hf-transfer evaluate --------------------------------------------------------------------------------
+
+    def read_evaluation_table(self, spec: Any, settings: Any, *, split: str = "train", config: str | None = None):
+        # Without a saved recipe the settings hold the sequence-task defaults (text, label): the tagging columns here.
+        settings.text_column, settings.label_column = tokens_column(settings), tags_column(settings)
+        return self.read_table(spec, settings, field="data", split=split, config=config)
+
+    def evaluation_data(self, table: Any, processor: Any, settings: Any, id2label: dict[int, str], *, spec: str):
+        """Every sentence checked and its tags read in the model's tag set, words split into sub-words as in
+        training (first sub-word scored, words cut by ``max_length`` not scored), every batch padded to the longest
+        sentence of the table so that the predictions of all batches stack into one ``(N, T, C)`` array; the labels
+        are the matching ``(N, T)`` tag ids, -100 where nothing is scored."""
+        from ..data import LabelSpace
+
+        self.check_inputs(table, settings, field="data", spec=spec)
+        space = LabelSpace([id2label[i] for i in range(len(id2label))], from_strings=True)
+        table = self.encode_labels(table, settings, space, field="data", spec=spec, column=settings.label_column)
+        words = [list(w) for w in table[tokens_column(settings)]]
+        encoded = processor(words, is_split_into_words=True, truncation=True, max_length=settings.max_length)
+        rows = [align_labels(encoded.word_ids(i), tags) for i, tags in enumerate(table["labels"])]
+        length = max(len(r) for r in rows)
+        left = getattr(processor, "padding_side", "right") == "left"
+        labels = np.full((len(rows), length), IGNORE_INDEX, dtype=np.int64)
+        for i, row in enumerate(rows):
+            if left:
+                labels[i, length - len(row):] = row
+            else:
+                labels[i, :len(row)] = row
+        columns = dict(encoded.items())
+
+        def batch_inputs(start: int, stop: int) -> dict[str, Any]:
+            return dict(processor.pad({k: v[start:stop] for k, v in columns.items()}, padding="max_length",
+                                      max_length=length, return_tensors="pt"))
+
+        return batch_inputs, labels
+
     # ---- export ----------------------------------------------------------------------------------------------
 
     def card_fields(self, *, peft_type: str | None, hub_model_id: str | None, merged: bool = False,
                     id2label: dict[int, str] | None = None) -> dict[str, Any]:
         fields = super().card_fields(peft_type=peft_type, hub_model_id=hub_model_id, merged=merged, id2label=id2label)
+        if peft_type:  # the shared snippet loads a text adapter as a sequence classifier: a tagger's Auto class here
+            from ..cards import where
+
+            labels = {int(k): v for k, v in (id2label or {}).items()}
+            model = where(hub_model_id)
+            code = ("from peft import AutoPeftModelForTokenClassification\n"
+                    "from transformers import AutoTokenizer, pipeline\n"
+                    f"id2label = {labels!r}\n"
+                    f"model = AutoPeftModelForTokenClassification.from_pretrained({model}, id2label=id2label, "
+                    "label2id={name: i for i, name in id2label.items()})\n"
+                    f"tokenizer = AutoTokenizer.from_pretrained({model})\n"
+                    "tagger = pipeline(\"token-classification\", model=model, tokenizer=tokenizer, "
+                    "aggregation_strategy=\"simple\")")
+            fields["usage"] = f"```python\n{code}\n```"
+            if merged:
+                fields["usage"] += ("\n\nThe adapter merged into the base model is in `merged/`, a plain model that "
+                                    "`pipeline(\"token-classification\", model=...)` loads.")
         fields["usage"] += ("\n\nPass `aggregation_strategy=\"simple\"` to the pipeline to get whole entities (word "
                             "spans with their type) instead of one tag per sub-word.")
         return fields
+
+
+def _with_partners(values: set[str]) -> set[str]:
+    """``values`` with ``B-X`` and ``I-X`` for every type ``X`` one of them names."""
+    types = {v[2:] for v in values if v[:2] in ("B-", "I-")}
+    return set(values) | {f"{p}{t}" for t in types for p in ("B-", "I-")}
 
 
 def _bio_order(values: set[str]) -> list[str]:

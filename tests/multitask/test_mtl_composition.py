@@ -134,6 +134,8 @@ def test_mmd_and_entropy_with_a_three_class_task_and_l2sp_without_targets(tiny_m
      "freeze_backbone: not used with sharing: soft_lora, whose base encoder is frozen already"),
     (lambda r: r.update(trainable_layers=1, sharing="shared_private"),
      "trainable_layers: not used with sharing: shared_private"),
+    (lambda r: r.update(cache_frozen="true"), "cache_frozen: not used in a multi-task recipe (it has `tasks`); the "
+                                              "frozen-prefix cache serves the flat trainer only"),
     (lambda r: r.update(image_column="image"), "image_column: not used in a multi-task recipe (it has `tasks`); "
                                                "recipes with task lists train text tasks only"),
 ])

@@ -1,0 +1,38 @@
+"""The finished runs of a benchmark grid, kept in ``<workdir>/runs.jsonl`` so that a rerun continues where an
+interrupted one stopped: a run is done when a line with its key fields and the same budget is there."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+class RunLog:
+    """``runs.jsonl`` of one benchmark: ``keys`` name the fields that identify a run (e.g. speaker, condition, seed);
+    ``budget`` is the settings every run shares (a line at another budget is kept but never reused)."""
+
+    def __init__(self, workdir: Path, budget: dict[str, Any], keys: tuple[str, ...]):
+        self.path = Path(workdir) / "runs.jsonl"
+        self.budget, self.keys = budget, keys
+        self.runs = [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.is_file() else []
+
+    def _key(self, run: dict[str, Any]) -> tuple:
+        return tuple(run[k] for k in self.keys)
+
+    def done(self, *key: Any) -> bool:
+        """Whether the run ``key`` (values of ``keys``, in order) finished at this budget."""
+        return any(r["budget"] == self.budget and self._key(r) == key for r in self.runs)
+
+    def add(self, run: dict[str, Any]) -> dict[str, Any]:
+        """Record a finished run (its budget added) at once, so an interruption loses only the run in progress."""
+        run = {**run, "budget": self.budget}
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(run) + "\n")
+        self.runs.append(run)
+        return run
+
+    def select(self, **allowed: list) -> list[dict[str, Any]]:
+        """The runs at this budget whose fields take the allowed values (``speaker=[...], seed=[...]``)."""
+        return [r for r in self.runs if r["budget"] == self.budget
+                and all(r[field] in values for field, values in allowed.items())]
