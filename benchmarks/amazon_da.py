@@ -94,6 +94,8 @@ def run_one(args, pair: str, method: str, lora: bool, seed: int) -> dict:
         # The LoRA recipes' 5e-4 is set for their 300 steps; at this benchmark's shorter budget a fresh adapter and
         # head barely move at 5e-4 (books->kitchen: 68.3% after 75 steps), so LoRA runs take --lora_learning_rate.
         overrides["learning_rate"] = args.lora_learning_rate
+        if args.lora_dropout is not None:
+            overrides["peft.lora_dropout"] = args.lora_dropout
     start, cpu_start = time.time(), time.process_time()
     result = hf_transfer.train(recipe_path(method, lora), **overrides)
     m = result.metrics
@@ -240,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup_steps", type=int, default=10)
     parser.add_argument("--lora_learning_rate", type=float, default=2e-3,
                         help="learning rate of the LoRA runs (the full fine-tuning runs keep their recipe's)")
+    parser.add_argument("--lora_dropout", type=float, default=None,
+                        help="the LoRA adapters' input dropout (default: the recipes' peft.lora_dropout); give each "
+                             "setting its own --workdir")
     parser.add_argument("--workdir", default="outputs/benchmarks/amazon_da")
     parser.add_argument("--output", default=None, help="write the markdown report here")
     args = parser.parse_args(argv)
@@ -277,20 +282,24 @@ def main(argv: list[str] | None = None) -> int:
                     "in wall time." if cpu else "")
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=REPO).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=REPO).stdout.strip()
         report = "\n".join([
             "# Amazon reviews: domain adaptation vs source-only fine-tuning",
             "",
             f"Command: `{command}` (HF_HUB_OFFLINE=1, from the repository root).  ",
             f"Machine: {machine()}.  ",
-            f"Date: {datetime.date.today().isoformat()}; code at {commit or 'unknown'} plus the uncommitted "
-            "changes of issue 3.  ",
+            f"Date: {datetime.date.today().isoformat()}; code at {commit or 'unknown'}"
+            + (" with uncommitted changes" if dirty else "") + ".  ",
             f"Wall time: {total / 60:.0f} min for the {len(rows)} runs, on a machine shared with other jobs (other "
             f"benchmarks and test suites ran beside it).{cpu_note}",
             "",
             f"Setup: packaged all-MiniLM-L6-v2; {args.max_steps} steps of {args.batch_size} labelled source rows "
             f"(+{args.batch_size} unlabelled target rows for the adaptation methods), {args.warmup_steps} warm-up "
             f"steps; max_length {args.max_length}; the recipes' learning rates and trade-offs (LoRA runs: "
-            f"learning rate {args.lora_learning_rate:g}); seeds {args.seeds}. "
+            f"learning rate {args.lora_learning_rate:g}"
+            + (f", adapter input dropout {args.lora_dropout:g}" if args.lora_dropout is not None else "")
+            + f"); seeds {args.seeds}. "
             "Target accuracy on "
             f"{args.max_eval_samples} labelled target rows (a fixed subsample of the 2,000); every {args.eval_steps} "
             f"steps an evaluation, scored by the validators on {args.selection_max_target_samples} unlabelled target "

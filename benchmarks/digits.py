@@ -220,9 +220,10 @@ def main(argv: list[str] | None = None) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     budget = budget_of(args)
     log = RunLog(workdir, budget, keys=("direction", "condition", "seed"))
-    for direction in args.directions:
-        for condition in args.methods:
-            for seed in args.seeds:
+    # Seed by seed, so that a run cut short still has every condition on the seeds it finished.
+    for seed in args.seeds:
+        for direction in args.directions:
+            for condition in args.methods:
                 if log.done(direction, condition, seed):
                     continue
                 tag = hashlib.sha1(json.dumps(budget, sort_keys=True).encode()).hexdigest()[:8]  # parallel budgets

@@ -179,7 +179,8 @@ def dataclass_fields(path: Path, class_name: str) -> list[FieldDoc]:
         raise LookupError(f"{class_name} not found from {path}")
     where, cls = found
     fields: dict[str, FieldDoc] = {}
-    for base in cls.bases:
+    # dataclasses walks the MRO from the far end: with several bases, the last one's fields come first.
+    for base in reversed(cls.bases):
         if isinstance(base, ast.Name) and find_class(where, base.id) is not None:
             for f in dataclass_fields(where, base.id):
                 fields[f.name] = f

@@ -207,13 +207,14 @@ def test_the_loss_on_masked_positions_equals_the_models_own(tiny_model_dir, tmp_
     """The trainer runs the head on the masked positions only; the loss is the model's own (every position)."""
     from transformers import AutoModelForMaskedLM, AutoTokenizer, TrainingArguments
 
+    from hf_transfer.masking import Masking
     from hf_transfer.pretrain import MaskedLMTrainer, PretrainCollator, mask_once, tokenize_texts
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForMaskedLM.from_pretrained(tiny_model_dir).eval()
-    options = dict(mlm_probability=0.3, mask_replace_prob=0.8, random_replace_prob=0.1)
-    table = mask_once(tokenize_texts(_lines(6), tokenizer, max_length=32), tokenizer, seed=0, **options)
-    collator = PretrainCollator(tokenizer, **options)
+    masking = Masking(mlm_probability=0.3, mask_replace_prob=0.8, random_replace_prob=0.1)
+    table = mask_once(tokenize_texts(_lines(6), tokenizer, max_length=32), tokenizer, masking, seed=0)
+    collator = PretrainCollator(tokenizer, masking)
     batch = collator([table[i] for i in range(len(table))])
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
     trainer = MaskedLMTrainer(model=model, args=args, data_collator=collator)

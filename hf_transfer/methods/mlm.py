@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import RecipeError
-from ._layers import check_positive, check_trade_off
+from ..masking import Masking
+from ._layers import check_trade_off
 from ._pretrained import Unregistered, methods_of, refuse_sharded_engines
 from .base import MethodConfig, MethodOutput, StepBatch, TransferMethod
 from .registry import register_method
@@ -48,21 +49,11 @@ POSITIONS_KEY, LABELS_KEY = "mlm_positions", "mlm_labels"
 
 
 @dataclass
-class MLMConfig(MethodConfig):
-    """Fields of ``mlm``: what is masked and how."""
+class MLMConfig(Masking, MethodConfig):
+    """Fields of ``mlm``: what is masked (``include_source``) and how (the fields of :class:`Masking`)."""
 
     include_source: bool = field(
         default=False, metadata={"help": "Mask and predict the source texts too (default: the target texts only)."}
-    )
-    mlm_probability: float = field(
-        default=0.15, metadata={"help": "Fraction of the (non-special) tokens chosen for prediction."}
-    )
-    mask_replace_prob: float = field(
-        default=0.8, metadata={"help": "Of the chosen tokens, the fraction replaced by the [MASK] token."}
-    )
-    random_replace_prob: float = field(
-        default=0.1,
-        metadata={"help": "Of the chosen tokens, the fraction replaced by a random token (the rest stay)."},
     )
     seed: int | None = field(
         default=None,
@@ -71,16 +62,7 @@ class MLMConfig(MethodConfig):
 
     def __post_init__(self):
         check_trade_off("mlm", self.trade_off)
-        check_positive("mlm.mlm_probability", self.mlm_probability)
-        if self.mlm_probability > 1:
-            raise RecipeError(f"mlm.mlm_probability: must be <= 1, got {self.mlm_probability}")
-        check_positive("mlm.mask_replace_prob", self.mask_replace_prob, allow_zero=True)
-        check_positive("mlm.random_replace_prob", self.random_replace_prob, allow_zero=True)
-        if self.mask_replace_prob + self.random_replace_prob > 1:
-            raise RecipeError(
-                f"mlm.random_replace_prob: mask_replace_prob + random_replace_prob must be <= 1, got "
-                f"{self.mask_replace_prob} + {self.random_replace_prob}"
-            )
+        self.check_masking("mlm.")
 
 
 # ---- the collator ------------------------------------------------------------------------------------------------
@@ -92,20 +74,12 @@ class MaskedLMCollator:
     Evaluation batches (no ``domain``) pass through unchanged."""
 
     def __init__(self, collator, tokenizer, config: MLMConfig, *, seed: int):
-        from transformers import DataCollatorForLanguageModeling
-
         from ..data import MODEL_INPUT_KEYS
 
         self.collator = collator
         self.include_source = config.include_source
         self.input_keys = MODEL_INPUT_KEYS
-        self.masker = DataCollatorForLanguageModeling(
-            tokenizer,
-            mlm_probability=config.mlm_probability,
-            mask_replace_prob=config.mask_replace_prob,
-            random_replace_prob=config.random_replace_prob,
-            seed=seed,
-        )
+        self.masker = config.masker(tokenizer, seed=seed)
 
     def mask(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(masked input_ids, labels)``: labels -100 where no prediction is asked. Seeded, per dataloader worker."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from ..masking import Masking
 
 #: Files whose format ``data_format`` decides (anything else is a table, a folder or a Hub id).
 TEXT_SUFFIXES = (".txt", ".conll")
@@ -135,17 +136,13 @@ def tokenize_texts(texts: list[str], tokenizer, *, max_length: int):
     return datasets.Dataset.from_dict(dict(encoded))
 
 
-def mask_once(table, tokenizer, *, mlm_probability: float, mask_replace_prob: float, random_replace_prob: float,
-              seed: int, field: str = "eval_data"):
+def mask_once(table, tokenizer, masking: Masking, *, seed: int, field: str = "eval_data"):
     """The rows of ``table`` masked once, as ``DataCollatorForLanguageModeling`` masks a batch, from a generator
     seeded with ``seed``: ``input_ids`` masked and ``labels`` (-100 where nothing is predicted). The same rows and
     seed give the same masks on every process and in every run."""
     import torch
-    from transformers import DataCollatorForLanguageModeling
 
-    masker = DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability, seed=seed,
-                                             mask_replace_prob=mask_replace_prob,
-                                             random_replace_prob=random_replace_prob)
+    masker = masking.masker(tokenizer, seed=seed)
     masker.create_rng()
     inputs, labels = [], []
     for ids, special in zip(table["input_ids"], table["special_tokens_mask"]):
@@ -164,12 +161,10 @@ class PretrainCollator:
     random generator, which the Trainer saves in each checkpoint and restores on resume. Evaluation rows (masked
     once, with ``labels``): padded, labels with -100, by ``DataCollatorForTokenClassification``."""
 
-    def __init__(self, tokenizer, *, mlm_probability: float, mask_replace_prob: float, random_replace_prob: float):
-        from transformers import DataCollatorForLanguageModeling, DataCollatorForTokenClassification
+    def __init__(self, tokenizer, masking: Masking):
+        from transformers import DataCollatorForTokenClassification
 
-        self.masker = DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability,
-                                                      mask_replace_prob=mask_replace_prob,
-                                                      random_replace_prob=random_replace_prob)
+        self.masker = masking.masker(tokenizer)
         self.padder = DataCollatorForTokenClassification(tokenizer)
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import yaml
 
 from ..errors import RecipeError, unknown_choice
+from ..masking import Masking
 from ..recipe import Recipe, _merge_dotted, _plain, check_peft_values, load_recipe
 from ..tasklists.recipe import parse_family_fields
 
@@ -49,8 +50,8 @@ _HINTS = {
 
 
 @dataclass
-class PretrainArguments:
-    """Unlabelled text, how it is read and held out, and how tokens are masked."""
+class PretrainArguments(Masking):
+    """Unlabelled text, how it is read and held out, and how tokens are masked (the fields of :class:`Masking`)."""
 
     train_data: list[str] = field(
         default_factory=list,
@@ -86,16 +87,6 @@ class PretrainArguments:
     data_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration of the data."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Train on at most this many texts."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on at most this many texts."})
-    mlm_probability: float = field(
-        default=0.15, metadata={"help": "Fraction of the (non-special) tokens chosen for prediction."}
-    )
-    mask_replace_prob: float = field(
-        default=0.8, metadata={"help": "Of the chosen tokens, the fraction replaced by the mask token."}
-    )
-    random_replace_prob: float = field(
-        default=0.1,
-        metadata={"help": "Of the chosen tokens, the fraction replaced by a random token (the rest stay)."},
-    )
     eval_before_training: bool = field(
         default=True,
         metadata={"help": "With evaluation data: also score the starting model (base_eval_loss, base_perplexity), "
@@ -117,14 +108,7 @@ class PretrainArguments:
             raise RecipeError("eval_fraction: eval_data is set already; use one of the two")
         if self.data_format not in DATA_FORMATS:
             raise unknown_choice("data_format", self.data_format, DATA_FORMATS)
-        if not 0 < self.mlm_probability <= 1:
-            raise RecipeError(f"mlm_probability: must be in (0, 1], got {self.mlm_probability}")
-        for name in ("mask_replace_prob", "random_replace_prob"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise RecipeError(f"{name}: must be in [0, 1], got {getattr(self, name)}")
-        if self.mask_replace_prob + self.random_replace_prob > 1:
-            raise RecipeError(f"random_replace_prob: mask_replace_prob + random_replace_prob must be <= 1, got "
-                              f"{self.mask_replace_prob} + {self.random_replace_prob}")
+        self.check_masking()
         for name in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, name)
             if value is not None and value <= 0:

@@ -263,8 +263,7 @@ def load_pretrain_data(recipe: PretrainRecipe, tokenizer, *, seed: int):
     eval_set = None
     if held_out:
         eval_set = mask_once(tokenize_texts(held_out, tokenizer, max_length=recipe.max_length), tokenizer,
-                             mlm_probability=a.mlm_probability, mask_replace_prob=a.mask_replace_prob,
-                             random_replace_prob=a.random_replace_prob, seed=seed)
+                             a, seed=seed)
     return train_set, eval_set, {"train_texts": len(texts), "eval_texts": len(held_out or [])}
 
 
@@ -287,8 +286,7 @@ def train_pretrain(recipe: PretrainRecipe, *, callbacks: list | None = None) -> 
                     "output layer tied to the input embeddings", ", ".join(head_missing))
     if recipe.peft:
         model = wrap_with_adapter(model, recipe.peft)
-    collator = PretrainCollator(tokenizer, mlm_probability=a.mlm_probability, mask_replace_prob=a.mask_replace_prob,
-                                random_replace_prob=a.random_replace_prob)
+    collator = PretrainCollator(tokenizer, a)
     trainer = MaskedLMTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                               data_collator=collator, processing_class=tokenizer, callbacks=callbacks)
     metrics: dict[str, Any] = {"head_from_checkpoint": not head_missing, **counts}

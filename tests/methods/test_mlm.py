@@ -164,8 +164,9 @@ def test_architecture_without_one_head_module_is_refused():
         build_mlm_head(DistilBertForSequenceClassification(config))
 
 
-@pytest.mark.parametrize("fields,message", [({"mlm_probability": 0.0}, "mlm.mlm_probability: must be > 0"),
-                                            ({"mlm_probability": 1.5}, "mlm.mlm_probability: must be <= 1"),
+@pytest.mark.parametrize("fields,message", [({"mlm_probability": 0.0}, r"mlm\.mlm_probability: must be in \(0, 1\]"),
+                                            ({"mlm_probability": 1.5}, r"mlm\.mlm_probability: must be in \(0, 1\]"),
+                                            ({"mask_replace_prob": -0.1}, r"mlm\.mask_replace_prob: must be in \["),
                                             ({"mask_replace_prob": 0.9, "random_replace_prob": 0.2},
                                              "mlm.random_replace_prob")])
 def test_bad_fields_are_recipe_errors(fields, message):
