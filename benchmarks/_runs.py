@@ -4,6 +4,9 @@ interrupted one stopped: a run is done when a line with its key fields and the s
 from __future__ import annotations
 
 import json
+import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,18 @@ class RunLog:
             handle.write(json.dumps(run) + "\n")
         self.runs.append(run)
         return run
+
+    def run(self, fields: dict[str, Any], output_dir: Path,
+            work: Callable[[Path], dict[str, Any]]) -> dict[str, Any] | None:
+        """Run ``work(output_dir)`` for the run named by ``fields`` (a value for each of ``keys``) unless it finished
+        at this budget already (then ``None``). Its metrics are recorded with ``wall_s`` and ``output_dir`` is removed:
+        only the metrics are kept (a failed run's folder stays, to look into)."""
+        if self.done(*(fields[k] for k in self.keys)):
+            return None
+        start = time.time()
+        result = work(output_dir)
+        shutil.rmtree(output_dir, ignore_errors=True)
+        return self.add({**fields, **result, "wall_s": time.time() - start})
 
     def select(self, **allowed: list) -> list[dict[str, Any]]:
         """The runs at this budget whose fields take the allowed values (``speaker=[...], seed=[...]``)."""

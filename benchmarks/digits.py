@@ -37,10 +37,8 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import statistics
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -224,18 +222,14 @@ def main(argv: list[str] | None = None) -> None:
     for seed in args.seeds:
         for direction in args.directions:
             for condition in args.methods:
-                if log.done(direction, condition, seed):
-                    continue
                 tag = hashlib.sha1(json.dumps(budget, sort_keys=True).encode()).hexdigest()[:8]  # parallel budgets
-                output_dir = workdir / f"{direction.replace(':', '2')}-{condition}-{seed}-{tag}"
-                start = time.time()
-                if condition == "trainer":
-                    result = run_plain_trainer(direction, seed, args, output_dir)
-                else:
-                    result = run_recipe(direction, condition, seed, args, output_dir)
-                shutil.rmtree(output_dir, ignore_errors=True)  # only the metrics are kept (runs.jsonl)
-                run = log.add({"direction": direction, "condition": condition, "seed": seed, **result,
-                               "wall_s": time.time() - start})
+                run = log.run(
+                    {"direction": direction, "condition": condition, "seed": seed},
+                    workdir / f"{direction.replace(':', '2')}-{condition}-{seed}-{tag}",
+                    lambda out, d=direction, c=condition, s=seed: (
+                        run_plain_trainer(d, s, args, out) if c == "trainer" else run_recipe(d, c, s, args, out)))
+                if run is None:
+                    continue
                 print(f"digits: {direction} {condition} seed {seed}: target accuracy {run['target_accuracy']:.4f} "
                       f"({run['wall_s']:.0f} s)", flush=True)
     runs = log.select(direction=args.directions, condition=args.methods, seed=args.seeds)

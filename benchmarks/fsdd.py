@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -223,17 +221,14 @@ def main(argv: list[str] | None = None) -> None:
     for speaker in args.speakers:
         for condition in args.methods:
             for seed in args.seeds:
-                if log.done(speaker, condition, seed):
+                run = log.run(
+                    {"speaker": speaker, "condition": condition, "seed": seed},
+                    workdir / f"{speaker}-{condition}-{seed}",
+                    lambda out, sp=speaker, c=condition, s=seed: (
+                        run_plain_trainer(sp, s, args, tables, out) if c == "trainer"
+                        else run_recipe(c, sp, s, args, tables, out)))
+                if run is None:
                     continue
-                output_dir = workdir / f"{speaker}-{condition}-{seed}"
-                start = time.time()
-                if condition == "trainer":
-                    result = run_plain_trainer(speaker, seed, args, tables, output_dir)
-                else:
-                    result = run_recipe(condition, speaker, seed, args, tables, output_dir)
-                shutil.rmtree(output_dir, ignore_errors=True)  # only the metrics are kept (runs.jsonl)
-                run = log.add({"speaker": speaker, "condition": condition, "seed": seed, **result,
-                               "wall_s": time.time() - start})
                 print(f"fsdd: held out {speaker}, {condition}, seed {seed}: accuracy {run['target_accuracy']:.4f} "
                       f"[{run['ci_low']:.3f}, {run['ci_high']:.3f}] ({run['wall_s']:.0f} s)", flush=True)
     runs = log.select(speaker=args.speakers, condition=args.methods, seed=args.seeds)
