@@ -11,6 +11,26 @@ from pathlib import Path
 from typing import Any
 
 
+def add_grid_options(parser, workdir: Path) -> None:
+    """The options every run-grid benchmark takes: device, torch threads, where the runs are kept, the reports."""
+    parser.add_argument("--gpu", action="store_true", help="train on the GPU (default: use_cpu)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads; 1 on a shared, oversubscribed CPU (more threads only wait on each other)")
+    parser.add_argument("--workdir", default=str(workdir))
+    parser.add_argument("--json", default=None, help="write every run and the summary here")
+    parser.add_argument("--output", default=None, help="write the markdown report here")
+
+
+def prepare_grid(args) -> Path:
+    """Set torch's threads to ``--threads`` and create ``--workdir``; returns it."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    return workdir
+
+
 class RunLog:
     """``runs.jsonl`` of one benchmark: ``keys`` name the fields that identify a run (e.g. speaker, condition, seed);
     ``budget`` is the settings every run shares (a line at another budget is kept but never reused)."""
@@ -46,6 +66,16 @@ class RunLog:
         result = work(output_dir)
         shutil.rmtree(output_dir, ignore_errors=True)
         return self.add({**fields, **result, "wall_s": time.time() - start})
+
+    def report(self, args, text: str, runs: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+        """Print the markdown ``text``; write it to ``--output`` and the budget, ``runs`` and ``summary`` to
+        ``--json`` when given."""
+        print(text)
+        if args.output:
+            Path(args.output).write_text(text, encoding="utf-8")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"budget": self.budget, "runs": runs, "summary": summary}, indent=1),
+                                       encoding="utf-8")
 
     def select(self, **allowed: list) -> list[dict[str, Any]]:
         """The runs at this budget whose fields take the allowed values (``speaker=[...], seed=[...]``)."""

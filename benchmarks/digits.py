@@ -48,7 +48,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _runs import RunLog  # noqa: E402
+from _runs import RunLog, add_grid_options, prepare_grid  # noqa: E402
 
 DIGITS = REPO.parent / "shared" / "data" / "digits" / "mnist_usps_16x16.npz"
 RECIPES = REPO / "recipes" / "image_classification"
@@ -204,18 +204,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--probe_lr", type=float, default=3e-3)
     parser.add_argument("--max_eval_samples", type=int, default=None)
-    parser.add_argument("--gpu", action="store_true", help="train on the GPU (default: use_cpu)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads; 1 on a shared, oversubscribed CPU (more threads only wait on each other)")
-    parser.add_argument("--workdir", default=str(REPO / "outputs" / "bench_digits"))
-    parser.add_argument("--json", default=None, help="write every run and the summary here")
-    parser.add_argument("--output", default=None, help="write the markdown report here")
+    add_grid_options(parser, REPO / "outputs" / "bench_digits")
     args = parser.parse_args(argv)
-    import torch
 
-    torch.set_num_threads(args.threads)
-    workdir = Path(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = prepare_grid(args)
     budget = budget_of(args)
     log = RunLog(workdir, budget, keys=("direction", "condition", "seed"))
     # Seed by seed, so that a run cut short still has every condition on the seeds it finished.
@@ -233,16 +225,10 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"digits: {direction} {condition} seed {seed}: target accuracy {run['target_accuracy']:.4f} "
                       f"({run['wall_s']:.0f} s)", flush=True)
     runs = log.select(direction=args.directions, condition=args.methods, seed=args.seeds)
-    text = report(runs, args)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
-    if args.json:
-        summary = {f"{d} {c}": dict(zip(("mean", "ci95"), interval(accs)))
-                   for d in args.directions for c in args.methods
-                   if (accs := [r["target_accuracy"] for r in runs if (r["direction"], r["condition"]) == (d, c)])}
-        Path(args.json).write_text(json.dumps({"budget": budget, "runs": runs, "summary": summary}, indent=1),
-                                   encoding="utf-8")
+    summary = {f"{d} {c}": dict(zip(("mean", "ci95"), interval(accs)))
+               for d in args.directions for c in args.methods
+               if (accs := [r["target_accuracy"] for r in runs if (r["direction"], r["condition"]) == (d, c)])}
+    log.report(args, report(runs, args), runs, summary)
 
 
 if __name__ == "__main__":

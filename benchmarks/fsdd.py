@@ -26,7 +26,6 @@ and the summary) and the markdown table (``--output``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -38,7 +37,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _runs import RunLog  # noqa: E402
+from _runs import RunLog, add_grid_options, prepare_grid  # noqa: E402
 
 FSDD = REPO.parent / "shared" / "data" / "fsdd"
 RECIPES = REPO / "recipes" / "audio_classification"
@@ -200,20 +199,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--window", type=int, default=1, help="max_audio_seconds")
     parser.add_argument("--max_source_samples", type=int, default=None)
     parser.add_argument("--max_eval_samples", type=int, default=None)
-    parser.add_argument("--gpu", action="store_true", help="train on the GPU (default: use_cpu)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads; 1 on a shared, oversubscribed CPU (more threads only wait on each other)")
-    parser.add_argument("--workdir", default=str(REPO / "outputs" / "bench_fsdd"))
-    parser.add_argument("--json", default=None, help="write every run and the summary here")
-    parser.add_argument("--output", default=None, help="write the markdown report here")
+    add_grid_options(parser, REPO / "outputs" / "bench_fsdd")
     args = parser.parse_args(argv)
-    import torch
 
     from hf_transfer.audio.fsdd import write_fsdd_tables
 
-    torch.set_num_threads(args.threads)
-    workdir = Path(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = prepare_grid(args)
     tables = workdir / "tables"
     write_fsdd_tables(FSDD, tables)
     budget = budget_of(args)
@@ -232,15 +223,9 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"fsdd: held out {speaker}, {condition}, seed {seed}: accuracy {run['target_accuracy']:.4f} "
                       f"[{run['ci_low']:.3f}, {run['ci_high']:.3f}] ({run['wall_s']:.0f} s)", flush=True)
     runs = log.select(speaker=args.speakers, condition=args.methods, seed=args.seeds)
-    text = report(runs, args)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
-    if args.json:
-        summary = {c: sum(accs) / len(accs) for c in args.methods
-                   if (accs := [r["target_accuracy"] for r in runs if r["condition"] == c])}
-        Path(args.json).write_text(json.dumps({"budget": budget, "runs": runs, "summary": summary}, indent=1),
-                                   encoding="utf-8")
+    summary = {c: sum(accs) / len(accs) for c in args.methods
+               if (accs := [r["target_accuracy"] for r in runs if r["condition"] == c])}
+    log.report(args, report(runs, args), runs, summary)
 
 
 if __name__ == "__main__":
